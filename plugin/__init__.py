@@ -1,0 +1,3 @@
+from .bot import AgentSpacesBot
+
+__all__ = ["AgentSpacesBot"]

@@ -1,0 +1,295 @@
+"""The admin UI's config, and the typed settings the rest of the plugin reads.
+
+The admin UI accepts any YAML, so every value is checked here, once. Everything else in the plugin
+reads `Settings`, never the raw config.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from attrs import field, frozen
+from mautrix.util.config import BaseProxyConfig, ConfigUpdateHelper
+
+BACKENDS = ("echo", "openai", "http")
+ENCRYPT_MODES = ("auto", "always", "never")
+SECRET_KEYS = ("api_key", "headers")
+_PREFIX_RE = re.compile(r"^[a-z0-9_-]+$")
+_AGENT_ID_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+class Config(BaseProxyConfig):
+    def do_update(self, helper: ConfigUpdateHelper) -> None:
+        for key in (
+            "command_prefix",
+            "agents",
+            "default_agent",
+            "access.allowed",
+            "access.admins",
+            "onboarding.on_invite",
+            "onboarding.space_name",
+            "onboarding.rooms",
+            "rooms.encrypt",
+            "dispatch.max_concurrency",
+            "dispatch.edit_interval",
+            "dispatch.max_edits",
+            "dispatch.timeout",
+            "limits.messages_per_minute",
+            "limits.daily_tokens",
+            "reconcile.timeout",
+            "catch_up.max_age_hours",
+            "catch_up.max_per_room",
+            "web.token",
+        ):
+            helper.copy(key)
+
+
+class ConfigError(ValueError):
+    """One or more invalid keys. The message names each key and says what is wrong."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+@frozen
+class AgentSettings:
+    id: str
+    name: str
+    description: str
+    backend: str
+    max_context_tokens: int = 8000
+    base_url: str = ""
+    api_key: str = field(default="", repr=False)
+    model: str = ""
+    system_prompt: str = ""
+    stream: bool = True
+    url: str = ""
+    headers: dict[str, str] = field(factory=dict, repr=False)
+    send_history: bool = False
+
+
+@frozen
+class Settings:
+    command_prefix: str
+    agents: dict[str, AgentSettings]
+    default_agent: str
+    allowed: tuple[str, ...]
+    admins: tuple[str, ...]
+    on_invite: bool
+    space_name: str
+    onboarding_rooms: tuple[str, ...]
+    encrypt: str
+    max_concurrency: int
+    edit_interval: float
+    max_edits: int
+    timeout: float
+    messages_per_minute: int
+    daily_tokens: int
+    reconcile_timeout: float
+    catch_up_max_age: float
+    catch_up_max_per_room: int
+    web_token: str = field(repr=False)
+
+
+class _Reader:
+    """Reads typed values out of the raw mapping and collects every problem, not just the first."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.data = data
+        self.problems: list[str] = []
+
+    def get(self, key: str) -> Any:
+        node: Any = self.data
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return None
+            node = node[part]
+        return node
+
+    def problem(self, key: str, message: str) -> None:
+        self.problems.append(f"{key}: {message}")
+
+    def string(self, key: str, value: Any = None, *, required: bool = True) -> str:
+        value = self.get(key) if value is None else value
+        if value is None and not required:
+            return ""
+        if not isinstance(value, str) or (required and not value.strip()):
+            self.problem(key, f"must be a non-empty string, got {_describe(value)}")
+            return ""
+        return value
+
+    def boolean(self, key: str, value: Any = None, *, default: bool | None = None) -> bool:
+        value = self.get(key) if value is None else value
+        if value is None and default is not None:
+            return default
+        if not isinstance(value, bool):
+            self.problem(key, f"must be true or false, got {_describe(value)}")
+            return bool(default)
+        return value
+
+    def number(
+        self, key: str, value: Any = None, *, minimum: float, integer: bool, default: Any = None
+    ) -> Any:
+        value = self.get(key) if value is None else value
+        if value is None and default is not None:
+            return default
+        valid_type = int if integer else (int, float)
+        if isinstance(value, bool) or not isinstance(value, valid_type):
+            kind = "a whole number" if integer else "a number"
+            self.problem(key, f"must be {kind}, got {_describe(value)}")
+            return minimum
+        if value < minimum:
+            self.problem(key, f"must be at least {minimum}, got {value}")
+            return minimum
+        return value
+
+    def patterns(self, key: str, server: str) -> tuple[str, ...]:
+        value = self.get(key)
+        if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
+            self.problem(key, f"must be a list of Matrix ID patterns, got {_describe(value)}")
+            return ()
+        result = []
+        for pattern in value:
+            expanded = pattern.replace("{server}", server)
+            if not expanded.startswith("@") or ":" not in expanded or "[" in expanded:
+                self.problem(
+                    key,
+                    f"{pattern!r} is not a Matrix ID pattern like '@*:example.org' "
+                    "(only * and ? are wildcards)",
+                )
+                continue
+            result.append(expanded)
+        return tuple(result)
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    text = repr(value)
+    return f"{type(value).__name__} {text[:40]}"
+
+
+def _parse_agent(reader: _Reader, index: int, raw: Any) -> AgentSettings | None:
+    key = f"agents[{index}]"
+    if not isinstance(raw, dict):
+        reader.problem(key, f"must be a mapping with id and backend, got {_describe(raw)}")
+        return None
+    agent_id = reader.string(f"{key}.id", raw.get("id"))
+    if agent_id and not _AGENT_ID_RE.match(agent_id):
+        reader.problem(f"{key}.id", f"{agent_id!r} may only hold letters, digits, '.', '_', '-'")
+    backend = reader.string(f"{key}.backend", raw.get("backend"))
+    if backend and backend not in BACKENDS:
+        reader.problem(f"{key}.backend", f"unknown backend {backend!r}; use one of {BACKENDS}")
+    options: dict[str, Any] = {
+        "max_context_tokens": reader.number(
+            f"{key}.max_context_tokens",
+            raw.get("max_context_tokens"),
+            minimum=1,
+            integer=True,
+            default=8000,
+        )
+    }
+    if backend == "openai":
+        options["base_url"] = reader.string(f"{key}.base_url", raw.get("base_url")).rstrip("/")
+        options["api_key"] = reader.string(f"{key}.api_key", raw.get("api_key"), required=False)
+        options["model"] = reader.string(f"{key}.model", raw.get("model"), required=False)
+        options["system_prompt"] = reader.string(
+            f"{key}.system_prompt", raw.get("system_prompt"), required=False
+        )
+        options["stream"] = reader.boolean(f"{key}.stream", raw.get("stream"), default=True)
+    elif backend == "http":
+        options["url"] = reader.string(f"{key}.url", raw.get("url"))
+        headers = raw.get("headers") or {}
+        if not isinstance(headers, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
+        ):
+            # The value may hold a secret, so only its type is named.
+            reader.problem(f"{key}.headers", "must be a mapping of header names to strings")
+            headers = {}
+        options["headers"] = dict(headers)
+        options["send_history"] = reader.boolean(
+            f"{key}.send_history", raw.get("send_history"), default=False
+        )
+    for url_key in ("base_url", "url"):
+        url = options.get(url_key)
+        if url and not url.startswith(("http://", "https://")):
+            reader.problem(f"{key}.{url_key}", f"must be an http(s) URL, got {url[:60]!r}")
+    return AgentSettings(
+        id=agent_id,
+        name=str(raw.get("name") or agent_id),
+        description=str(raw.get("description") or ""),
+        backend=backend,
+        **options,
+    )
+
+
+def parse_settings(data: dict[str, Any], server: str) -> Settings:
+    """Validates the raw config. Raises ConfigError naming every bad key."""
+    reader = _Reader(data)
+    prefix = reader.string("command_prefix")
+    if prefix and not _PREFIX_RE.match(prefix):
+        reader.problem("command_prefix", f"{prefix!r} may only hold a-z, 0-9, '-' and '_'")
+    agents: dict[str, AgentSettings] = {}
+    raw_agents = reader.get("agents")
+    if not isinstance(raw_agents, list) or not raw_agents:
+        reader.problem("agents", f"must be a non-empty list of agents, got {_describe(raw_agents)}")
+        raw_agents = []
+    for index, raw in enumerate(raw_agents):
+        agent = _parse_agent(reader, index, raw)
+        if agent is None or not agent.id:
+            continue
+        if agent.id in agents:
+            reader.problem(f"agents[{index}].id", f"duplicate agent id {agent.id!r}")
+        agents[agent.id] = agent
+    default_agent = reader.string("default_agent")
+    if default_agent and agents and default_agent not in agents:
+        reader.problem(
+            "default_agent", f"{default_agent!r} is not one of the agents {list(agents)}"
+        )
+    onboarding_rooms = reader.get("onboarding.rooms")
+    if onboarding_rooms is None:
+        onboarding_rooms = []
+    if not isinstance(onboarding_rooms, list):
+        reader.problem(
+            "onboarding.rooms", f"must be a list of agent ids, got {_describe(onboarding_rooms)}"
+        )
+        onboarding_rooms = []
+    for agent_id in onboarding_rooms:
+        if agent_id not in agents:
+            reader.problem("onboarding.rooms", f"{agent_id!r} is not one of the agents")
+    space_name = reader.string("onboarding.space_name")
+    try:
+        space_name.format(displayname="x", user_id="x")
+    except (KeyError, IndexError, ValueError):
+        reader.problem(
+            "onboarding.space_name", "may only use the placeholders {displayname} and {user_id}"
+        )
+    encrypt = reader.string("rooms.encrypt")
+    if encrypt and encrypt not in ENCRYPT_MODES:
+        reader.problem("rooms.encrypt", f"must be one of {ENCRYPT_MODES}, got {encrypt!r}")
+    settings = Settings(
+        command_prefix=prefix,
+        agents=agents,
+        default_agent=default_agent,
+        allowed=reader.patterns("access.allowed", server),
+        admins=reader.patterns("access.admins", server),
+        on_invite=reader.boolean("onboarding.on_invite"),
+        space_name=space_name,
+        onboarding_rooms=tuple(onboarding_rooms or [default_agent]),
+        encrypt=encrypt,
+        max_concurrency=reader.number("dispatch.max_concurrency", minimum=1, integer=True),
+        edit_interval=reader.number("dispatch.edit_interval", minimum=0, integer=False),
+        max_edits=reader.number("dispatch.max_edits", minimum=0, integer=True),
+        timeout=reader.number("dispatch.timeout", minimum=1, integer=False),
+        messages_per_minute=reader.number("limits.messages_per_minute", minimum=0, integer=True),
+        daily_tokens=reader.number("limits.daily_tokens", minimum=0, integer=True),
+        reconcile_timeout=reader.number("reconcile.timeout", minimum=1, integer=False),
+        catch_up_max_age=reader.number("catch_up.max_age_hours", minimum=0, integer=False) * 3600,
+        catch_up_max_per_room=reader.number("catch_up.max_per_room", minimum=0, integer=True),
+        web_token=reader.string("web.token", required=False),
+    )
+    if reader.problems:
+        raise ConfigError(reader.problems)
+    return settings
