@@ -13,6 +13,8 @@ from mautrix.util.config import BaseProxyConfig
 from .commands import CommandRouter
 from .config import Config, ConfigError, Settings, parse_settings
 from .db import Store
+from .matrix_state import MatrixRecord
+from .metrics import Metrics
 from .migrations import upgrade_table
 
 
@@ -20,6 +22,8 @@ class AgentSpacesBot(Plugin):
     settings: Settings
     store: Store
     router: CommandRouter
+    record: MatrixRecord
+    metrics: Metrics
 
     @classmethod
     def get_config_class(cls) -> type[BaseProxyConfig]:
@@ -32,6 +36,8 @@ class AgentSpacesBot(Plugin):
     async def pre_start(self) -> None:
         self.settings = self._initial_settings()
         self.store = Store(self.database)
+        self.record = MatrixRecord(self.client)
+        self.metrics = Metrics()
         self.router = CommandRouter(self.store, lambda: self.settings)
         # Reconciliation of the Matrix topology into the database runs here, before maubot
         # registers the handlers.

@@ -1,0 +1,108 @@
+"""The bot's own record in Matrix: the source of truth that the database caches.
+
+Each managed room carries the bot's private room account data (a "binding"); only the bot can
+write it, so no user can forge it. Spaces carry a smaller record naming their owner.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+import uuid
+
+from attrs import asdict, define
+from maubot.matrix import MaubotMatrixClient
+from mautrix.errors import MNotFound
+
+BINDING_TYPE = "org.agentspaces.room"
+SPACE_TYPE = "org.agentspaces.space"
+SCHEMA_VERSION = 1
+# Marks a reply that is still being streamed; the last edit drops it.
+STREAMING_KEY = "org.agentspaces.streaming"
+# Fixed namespace so that a room without a chat id always gets the same one back.
+_CHAT_ID_NAMESPACE = uuid.UUID("5b0e6a8e-58a4-4f4e-9d3c-0d5f6b1f7a21")
+
+
+def new_chat_id() -> str:
+    return str(uuid.uuid4())
+
+
+def deterministic_chat_id(room_id: str) -> str:
+    """The chat id of a room that has none (older data): the same room always gets the same id."""
+    return str(uuid.uuid5(_CHAT_ID_NAMESPACE, room_id))
+
+
+@define
+class Binding:
+    """What binds a working room to its owner, Space, agent and platform chat."""
+
+    owner: str
+    space_id: str | None
+    agent_id: str
+    chat_id: str | None
+    context_start: str | None = None
+    share_memory: bool = True
+    version: int = SCHEMA_VERSION
+
+    def to_content(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_content(cls, content: dict[str, Any] | None) -> Binding | None:
+        """None when the content is not a binding this version of the bot understands."""
+        if not isinstance(content, dict):
+            return None
+        owner, agent_id = content.get("owner"), content.get("agent_id")
+        if not isinstance(owner, str) or not isinstance(agent_id, str):
+            return None
+        chat_id = content.get("chat_id")
+        space_id = content.get("space_id")
+        context_start = content.get("context_start")
+        return cls(
+            owner=owner,
+            space_id=space_id if isinstance(space_id, str) else None,
+            agent_id=agent_id,
+            chat_id=chat_id if isinstance(chat_id, str) and chat_id else None,
+            context_start=context_start if isinstance(context_start, str) else None,
+            share_memory=content.get("share_memory") is not False,
+            version=int(content.get("version") or SCHEMA_VERSION),
+        )
+
+
+@define
+class SpaceRecord:
+    owner: str
+    version: int = SCHEMA_VERSION
+
+    def to_content(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_content(cls, content: dict[str, Any] | None) -> SpaceRecord | None:
+        if not isinstance(content, dict) or not isinstance(content.get("owner"), str):
+            return None
+        return cls(owner=content["owner"], version=int(content.get("version") or SCHEMA_VERSION))
+
+
+class MatrixRecord:
+    """Reads and writes the bot's room account data."""
+
+    def __init__(self, client: MaubotMatrixClient) -> None:
+        self.client = client
+
+    async def _read(self, room_id: str, type: str) -> dict[str, Any] | None:
+        try:
+            return await self.client.get_account_data(type, room_id=room_id)
+        except MNotFound:
+            return None
+
+    async def read_binding(self, room_id: str) -> Binding | None:
+        return Binding.from_content(await self._read(room_id, BINDING_TYPE))
+
+    async def write_binding(self, room_id: str, binding: Binding) -> None:
+        await self.client.set_account_data(BINDING_TYPE, binding.to_content(), room_id=room_id)
+
+    async def read_space(self, space_id: str) -> SpaceRecord | None:
+        return SpaceRecord.from_content(await self._read(space_id, SPACE_TYPE))
+
+    async def write_space(self, space_id: str, record: SpaceRecord) -> None:
+        await self.client.set_account_data(SPACE_TYPE, record.to_content(), room_id=space_id)

@@ -1,0 +1,112 @@
+"""In-memory counters of one plugin instance, rendered in the Prometheus text format."""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from typing import Any
+import time
+
+from attrs import define, field
+
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+RECENT_ERRORS = 50
+
+
+@define
+class ErrorRecord:
+    at: float
+    kind: str
+    message: str
+
+
+@define
+class Metrics:
+    messages_in: int = 0
+    messages_out: int = 0
+    replies_by_agent: Counter[str] = field(factory=Counter)
+    errors_by_kind: Counter[str] = field(factory=Counter)
+    latency_buckets: Counter[float] = field(factory=Counter)
+    latency_sum: float = 0.0
+    latency_count: int = 0
+    reconcile_duration: float = 0.0
+    reconcile_counts: dict[str, int] = field(factory=dict)
+    recent_errors: deque[ErrorRecord] = field(factory=lambda: deque(maxlen=RECENT_ERRORS))
+
+    def message_in(self) -> None:
+        self.messages_in += 1
+
+    def message_out(self) -> None:
+        self.messages_out += 1
+
+    def reply(self, agent_id: str, seconds: float) -> None:
+        """One finished agent reply and how long the backend took."""
+        self.replies_by_agent[agent_id] += 1
+        self.latency_sum += seconds
+        self.latency_count += 1
+        for bound in LATENCY_BUCKETS:
+            if seconds <= bound:
+                self.latency_buckets[bound] += 1
+
+    def error(self, kind: str, message: str) -> None:
+        """`message` is shown on the status page: it must never hold a secret."""
+        self.errors_by_kind[kind] += 1
+        self.recent_errors.append(ErrorRecord(time.time(), kind, message))
+
+    def reconciled(self, duration: float, counts: dict[str, Any]) -> None:
+        self.reconcile_duration = duration
+        self.reconcile_counts = {k: int(v) for k, v in counts.items()}
+
+    def render(self, queue_depth: int) -> str:
+        lines: list[str] = []
+
+        def metric(name: str, kind: str, help: str, samples: list[tuple[str, float]]) -> None:
+            lines.append(f"# HELP agentspaces_{name} {help}")
+            lines.append(f"# TYPE agentspaces_{name} {kind}")
+            for labels, value in samples:
+                lines.append(f"agentspaces_{name}{labels} {value:g}")
+
+        metric(
+            "messages_in_total",
+            "counter",
+            "User messages sent to agents.",
+            [("", self.messages_in)],
+        )
+        metric("messages_out_total", "counter", "Messages the bot sent.", [("", self.messages_out)])
+        metric(
+            "replies_total",
+            "counter",
+            "Agent replies by agent.",
+            [(f'{{agent="{_escape(a)}"}}', n) for a, n in sorted(self.replies_by_agent.items())],
+        )
+        metric(
+            "errors_total",
+            "counter",
+            "Errors by kind.",
+            [(f'{{kind="{_escape(k)}"}}', n) for k, n in sorted(self.errors_by_kind.items())],
+        )
+        buckets = [(f'{{le="{b:g}"}}', self.latency_buckets[b]) for b in LATENCY_BUCKETS]
+        buckets.append(('{le="+Inf"}', self.latency_count))
+        lines.append("# HELP agentspaces_backend_latency_seconds Agent backend latency.")
+        lines.append("# TYPE agentspaces_backend_latency_seconds histogram")
+        for labels, value in buckets:
+            lines.append(f"agentspaces_backend_latency_seconds_bucket{labels} {value:g}")
+        lines.append(f"agentspaces_backend_latency_seconds_sum {self.latency_sum:g}")
+        lines.append(f"agentspaces_backend_latency_seconds_count {self.latency_count}")
+        metric("queue_depth", "gauge", "Messages waiting for an agent.", [("", queue_depth)])
+        metric(
+            "reconcile_duration_seconds",
+            "gauge",
+            "Duration of the last reconciliation.",
+            [("", self.reconcile_duration)],
+        )
+        metric(
+            "reconcile_items",
+            "gauge",
+            "Counts of the last reconciliation.",
+            [(f'{{item="{_escape(k)}"}}', v) for k, v in sorted(self.reconcile_counts.items())],
+        )
+        return "\n".join(lines) + "\n"
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

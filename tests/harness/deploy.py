@@ -1,0 +1,108 @@
+"""Deploys the built plugin into a running maubot exactly as the admin UI does."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import itertools
+from pathlib import Path
+from typing import Any
+
+from attrs import define
+from ruamel.yaml import YAML
+
+from .matrix_user import MatrixUser
+from .maubot_server import MaubotServer
+from .synapse import Synapse
+
+ROOT = Path(__file__).resolve().parents[2]
+PLUGIN_ID = "org.agentspaces.maubot"
+_counter = itertools.count()
+
+
+def config_yaml(overrides: dict[str, Any] | None = None) -> str:
+    """base-config.yaml with top-level keys replaced, as an operator would edit it in the UI."""
+    yaml = YAML()
+    data = yaml.load((ROOT / "base-config.yaml").read_text())
+    for key, value in (overrides or {}).items():
+        node = data
+        *parents, last = key.split(".")
+        for parent in parents:
+            node = node[parent]
+        node[last] = value
+    buf = io.StringIO()
+    yaml.dump(data, buf)
+    return buf.getvalue()
+
+
+@define
+class Deployment:
+    """One plugin instance on its own bot account (every instance on a client answers commands)."""
+
+    server: MaubotServer
+    synapse: Synapse
+    instance_id: str
+    bot_id: str
+    prober: MatrixUser
+
+    async def update_config(self, overrides: dict[str, Any] | None = None) -> dict:
+        return await self.server.put_instance(self.instance_id, config=config_yaml(overrides))
+
+    async def instance(self) -> dict:
+        return await self.server.get_instance(self.instance_id)
+
+    async def wait_started(self, timeout: float = 30) -> dict:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            info = await self.instance()
+            if info.get("started"):
+                return info
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError(f"instance {self.instance_id} did not start:\n{info}")
+            await asyncio.sleep(0.1)
+
+    async def wait_live(self, timeout: float = 30) -> None:
+        """Waits until the bot's client delivers live events to the plugin.
+
+        maubot drops every event of the client's first /sync after a start, so an invite sent
+        too early is never seen. A fresh probe room is invited until the bot joins one.
+        """
+        await self.wait_started(timeout)
+        deadline = asyncio.get_running_loop().time() + timeout
+        while asyncio.get_running_loop().time() < deadline:
+            room_id = await self.prober.create_room(invite=[self.bot_id])
+            try:
+                await self.prober.wait_for_membership(room_id, self.bot_id, "join", timeout=2)
+            except TimeoutError:
+                continue
+            finally:
+                await self.prober.leave(room_id)
+            return
+        raise TimeoutError(f"bot {self.bot_id} never joined a probe room")
+
+    async def restart(self) -> None:
+        """Restarts the whole maubot process by PID and waits until the bot is live again."""
+        await asyncio.to_thread(self.server.restart)
+        await self.wait_live()
+
+
+async def deploy(
+    server: MaubotServer,
+    synapse: Synapse,
+    mbp: Path,
+    prober: MatrixUser,
+    config: dict[str, Any] | None = None,
+) -> Deployment:
+    n = next(_counter)
+    localpart = f"bot{n}_{server.port}"
+    account = await asyncio.to_thread(synapse.register, localpart)
+    await server.upload_plugin(mbp)
+    await server.put_client(account["user_id"], account["access_token"], account["device_id"])
+    instance_id = f"agents{n}_{server.port}"
+    await server.put_instance(
+        instance_id, type=PLUGIN_ID, primary_user=account["user_id"], enabled=True
+    )
+    deployment = Deployment(server, synapse, instance_id, account["user_id"], prober)
+    await deployment.update_config(config)
+    await deployment.wait_live()
+    return deployment
