@@ -6,8 +6,8 @@ write it, so no user can forge it. Spaces carry a smaller record naming their ow
 
 from __future__ import annotations
 
-from typing import Any
 import uuid
+from typing import Any
 
 from attrs import asdict, define
 from maubot.matrix import MaubotMatrixClient

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter, deque
 from typing import Any
-import time
 
 from attrs import define, field
 
