@@ -31,6 +31,8 @@ class Metrics:
     reconcile_duration: float = 0.0
     reconcile_counts: dict[str, int] = field(factory=dict)
     recent_errors: deque[ErrorRecord] = field(factory=lambda: deque(maxlen=RECENT_ERRORS))
+    # agent id -> "ok" or the last failure, as the status page shows it.
+    agent_health: dict[str, str] = field(factory=dict)
 
     def message_in(self) -> None:
         self.messages_in += 1
@@ -41,15 +43,18 @@ class Metrics:
     def reply(self, agent_id: str, seconds: float) -> None:
         """One finished agent reply and how long the backend took."""
         self.replies_by_agent[agent_id] += 1
+        self.agent_health[agent_id] = "ok"
         self.latency_sum += seconds
         self.latency_count += 1
         for bound in LATENCY_BUCKETS:
             if seconds <= bound:
                 self.latency_buckets[bound] += 1
 
-    def error(self, kind: str, message: str) -> None:
+    def error(self, kind: str, message: str, agent_id: str | None = None) -> None:
         """`message` is shown on the status page: it must never hold a secret."""
         self.errors_by_kind[kind] += 1
+        if agent_id is not None:
+            self.agent_health[agent_id] = f"failing: {message}"
         self.recent_errors.append(ErrorRecord(time.time(), kind, message))
 
     def reconciled(self, duration: float, counts: dict[str, Any]) -> None:
