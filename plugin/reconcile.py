@@ -1,0 +1,402 @@
+"""Startup reconciliation: rebuild the database cache from the bot's record in Matrix.
+
+Three steps, kept apart so that the middle one can be tested without a server:
+- discover: one filtered full-state /sync gives every room the bot is or was in, the state types
+  that matter, and the bot's own room account data;
+- compute: a pure function from that view and the current DB rows to a plan;
+- apply: Matrix repairs first, then the DB changes in one transaction.
+A second run over an unchanged Matrix computes an empty plan, so it writes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import attrs
+from attrs import define, field
+from maubot.matrix import MaubotMatrixClient
+from mautrix.api import Method, Path
+from mautrix.util.logging import TraceLogger
+
+from .db import ACTIVE, ARCHIVED, MOVED, RoomRow, Store, UserRow, now_ms
+from .matrix_state import (
+    BINDING_TYPE,
+    SPACE_TYPE,
+    Binding,
+    MatrixRecord,
+    SpaceRecord,
+    deterministic_chat_id,
+    link_child,
+    link_parent,
+)
+
+_STATE_TYPES = [
+    "m.room.create",
+    "m.room.name",
+    "m.room.tombstone",
+    "m.space.child",
+    "m.space.parent",
+]
+# Timeline limit 0 matters: with a timeline, /sync returns the state at the timeline's start.
+SYNC_FILTER = {
+    "room": {
+        "include_leave": True,
+        "timeline": {"limit": 0},
+        "state": {"types": _STATE_TYPES, "lazy_load_members": False},
+        "account_data": {"types": [BINDING_TYPE, SPACE_TYPE]},
+        "ephemeral": {"types": []},
+    },
+    "presence": {"types": []},
+    "account_data": {"types": []},
+}
+
+
+@define
+class StateEntry:
+    sender: str
+    content: dict[str, Any]
+    timestamp: int
+
+
+@define
+class RoomView:
+    room_id: str
+    joined: bool
+    state: dict[tuple[str, str], StateEntry] = field(factory=dict)
+    account_data: dict[str, dict[str, Any]] = field(factory=dict)
+
+    def get(self, type: str, state_key: str = "") -> StateEntry | None:
+        return self.state.get((type, state_key))
+
+
+@define
+class InviteView:
+    room_id: str
+    inviter: str
+    is_direct: bool
+    encrypted: bool
+
+
+@define
+class MatrixView:
+    rooms: dict[str, RoomView] = field(factory=dict)
+    invites: list[InviteView] = field(factory=list)
+
+
+def parse_sync(data: dict[str, Any], bot_id: str) -> MatrixView:
+    view = MatrixView()
+    rooms = data.get("rooms") or {}
+    for section, joined in (("join", True), ("leave", False)):
+        for room_id, room in (rooms.get(section) or {}).items():
+            rv = RoomView(room_id, joined)
+            for ev in (room.get("state") or {}).get("events") or []:
+                if "state_key" not in ev:
+                    continue
+                rv.state[(ev["type"], ev["state_key"])] = StateEntry(
+                    ev.get("sender", ""), ev.get("content") or {}, ev.get("origin_server_ts", 0)
+                )
+            for ev in (room.get("account_data") or {}).get("events") or []:
+                rv.account_data[ev.get("type", "")] = ev.get("content") or {}
+            view.rooms[room_id] = rv
+    for room_id, room in (rooms.get("invite") or {}).items():
+        events = (room.get("invite_state") or {}).get("events") or []
+        own = next(
+            (
+                e
+                for e in events
+                if e.get("type") == "m.room.member" and e.get("state_key") == bot_id
+            ),
+            None,
+        )
+        if own is None:
+            continue
+        view.invites.append(
+            InviteView(
+                room_id=room_id,
+                inviter=own.get("sender", ""),
+                is_direct=bool((own.get("content") or {}).get("is_direct")),
+                encrypted=any(e.get("type") == "m.room.encryption" for e in events),
+            )
+        )
+    return view
+
+
+@define
+class Plan:
+    rooms: list[RoomRow] = field(factory=list)
+    users: list[tuple[str, str | None]] = field(factory=list)
+    binding_writes: list[tuple[str, Binding]] = field(factory=list)
+    child_links: list[tuple[str, str]] = field(factory=list)
+    parent_links: list[tuple[str, str]] = field(factory=list)
+    # (replacement room, binding and title to carry over)
+    moves: list[tuple[str, Binding, str]] = field(factory=list)
+    recovered: int = 0
+    backfilled: int = 0
+    archived: int = 0
+    spaces: int = 0
+    managed_rooms: int = 0
+
+    @property
+    def repaired(self) -> int:
+        return len(self.child_links) + len(self.parent_links)
+
+
+def _child_link_ok(space: RoomView | None, room_id: str, bot_id: str) -> bool:
+    entry = space.get("m.space.child", room_id) if space else None
+    return bool(entry and entry.sender == bot_id and entry.content.get("via"))
+
+
+def _parent_link_ok(room: RoomView, space_id: str, bot_id: str) -> bool:
+    entry = room.get("m.space.parent", space_id)
+    return bool(entry and entry.sender == bot_id and entry.content.get("via"))
+
+
+def _managed_spaces(view: MatrixView) -> dict[str, SpaceRecord]:
+    spaces = {}
+    for room in view.rooms.values():
+        record = SpaceRecord.from_content(room.account_data.get(SPACE_TYPE))
+        create = room.get("m.room.create")
+        if room.joined and record and create and create.content.get("type") == "m.space":
+            spaces[room.room_id] = record
+    return spaces
+
+
+def _comparable(row: RoomRow) -> tuple[Any, ...]:
+    # Cursors and creation time are local bookkeeping, not part of what Matrix says.
+    return attrs.astuple(attrs.evolve(row, last_event_id=None, last_event_ts=0, created_at=0))
+
+
+def compute(
+    view: MatrixView,
+    db_rooms: dict[str, RoomRow],
+    db_users: dict[str, UserRow],
+    bot_id: str,
+) -> Plan:
+    """What the database should hold, and what Matrix needs repaired. Pure: no I/O."""
+    plan = Plan()
+    spaces = _managed_spaces(view)
+    plan.spaces = len(spaces)
+    owner_space: dict[str, str] = {}
+    for space_id in sorted(spaces):
+        owner_space.setdefault(spaces[space_id].owner, space_id)
+
+    seen: set[str] = set()
+    for room in view.rooms.values():
+        raw = room.account_data.get(BINDING_TYPE)
+        binding = Binding.from_content(raw)
+        if binding is None or room.room_id in spaces:
+            continue
+        seen.add(room.room_id)
+        old = db_rooms.get(room.room_id)
+        if binding.chat_id is None:
+            binding = attrs.evolve(binding, chat_id=deterministic_chat_id(room.room_id))
+            plan.binding_writes.append((room.room_id, binding))
+            plan.backfilled += 1
+        elif old is not None and old.chat_id is None:
+            plan.backfilled += 1
+        name = room.get("m.room.name")
+        title = str(name.content.get("name") or "") if name else ""
+        create = room.get("m.room.create")
+        state, moved_to = ACTIVE, None
+        space_id = binding.space_id if binding.space_id in spaces else None
+        tombstone = room.get("m.room.tombstone")
+        if not room.joined:
+            state = ARCHIVED
+        elif tombstone and isinstance(tombstone.content.get("replacement_room"), str):
+            state, moved_to = MOVED, tombstone.content["replacement_room"]
+            if old is None or old.state != MOVED:
+                plan.moves.append((moved_to, binding, title))
+        elif space_id is not None:
+            child_ok = _child_link_ok(view.rooms.get(space_id), room.room_id, bot_id)
+            parent_ok = _parent_link_ok(room, space_id, bot_id)
+            if not child_ok and not parent_ok:
+                # Both sides gone: the room was taken out of its Space.
+                state = ARCHIVED
+            elif not child_ok:
+                plan.child_links.append((space_id, room.room_id))
+            elif not parent_ok:
+                plan.parent_links.append((room.room_id, space_id))
+        row = RoomRow(
+            room_id=room.room_id,
+            owner=binding.owner,
+            space_id=space_id,
+            agent_id=binding.agent_id,
+            chat_id=binding.chat_id,
+            title=title,
+            context_start=binding.context_start,
+            share_memory=binding.share_memory,
+            state=state,
+            moved_to=moved_to,
+            last_event_id=old.last_event_id if old else None,
+            last_event_ts=old.last_event_ts if old else 0,
+            created_at=old.created_at if old else (create.timestamp if create else now_ms()),
+        )
+        if state == ACTIVE:
+            plan.managed_rooms += 1
+        if old is None:
+            plan.recovered += 1
+        elif state == ARCHIVED and old.state != ARCHIVED:
+            plan.archived += 1
+        if old is None or _comparable(old) != _comparable(row):
+            plan.rooms.append(row)
+
+    # Rows Matrix no longer knows of: the bot's record is gone, so the room is not managed.
+    for room_id, old in db_rooms.items():
+        if room_id not in seen and old.state == ACTIVE:
+            plan.rooms.append(attrs.evolve(old, state=ARCHIVED))
+            plan.archived += 1
+
+    owners = set(db_users) | {r.owner for r in plan.rooms} | {s.owner for s in spaces.values()}
+    for owner in sorted(owners):
+        space_id = owner_space.get(owner)
+        old_user = db_users.get(owner)
+        if old_user is None or old_user.space_id != space_id:
+            plan.users.append((owner, space_id))
+    return plan
+
+
+@define
+class ReconcileReport:
+    spaces: int = 0
+    rooms: int = 0
+    recovered: int = 0
+    backfilled: int = 0
+    repaired: int = 0
+    archived: int = 0
+    errors: int = 0
+    duration: float = 0.0
+    finished: bool = False
+
+    def summary(self) -> str:
+        status = "" if self.finished else " (still running in the background)"
+        return (
+            f"reconciliation: spaces={self.spaces} rooms={self.rooms} "
+            f"recovered={self.recovered} backfilled={self.backfilled} "
+            f"repaired={self.repaired} archived={self.archived} errors={self.errors} "
+            f"duration={self.duration:.2f}s{status}"
+        )
+
+    def counts(self) -> dict[str, int]:
+        return {k: v for k, v in attrs.asdict(self).items() if k not in ("duration", "finished")}
+
+
+InviteHandler = Callable[[InviteView], Awaitable[None]]
+
+
+class Reconciler:
+    def __init__(
+        self,
+        client: MaubotMatrixClient,
+        store: Store,
+        record: MatrixRecord,
+        log: TraceLogger,
+        on_invite: InviteHandler | None = None,
+    ) -> None:
+        self.client = client
+        self.store = store
+        self.record = record
+        self.log = log
+        self.on_invite = on_invite
+        self._lock = asyncio.Lock()
+
+    @property
+    def server_name(self) -> str:
+        return self.client.mxid.split(":", 1)[1]
+
+    async def discover(self) -> MatrixView:
+        data = await self.client.api.request(
+            Method.GET,
+            Path.v3.sync,
+            query_params={"filter": json.dumps(SYNC_FILTER), "full_state": "true", "timeout": "0"},
+        )
+        return parse_sync(data, self.client.mxid)
+
+    async def run(self) -> ReconcileReport:
+        async with self._lock:
+            started = time.monotonic()
+            report = ReconcileReport()
+            view = await self.discover()
+            db_rooms = {r.room_id: r for r in await self.store.all_rooms()}
+            db_users = {u.user_id: u for u in await self.store.all_users()}
+            plan = compute(view, db_rooms, db_users, self.client.mxid)
+            report.errors += await self._repair_matrix(plan)
+            await self.store.apply_reconciliation(plan.rooms, plan.users)
+            for invite in view.invites:
+                report.errors += await self._guarded(
+                    f"invite to {invite.room_id}", self._handle_invite(invite)
+                )
+            report.spaces = plan.spaces
+            report.rooms = plan.managed_rooms
+            report.recovered = plan.recovered
+            report.backfilled = plan.backfilled
+            report.repaired = plan.repaired
+            report.archived = plan.archived
+            report.duration = time.monotonic() - started
+            report.finished = True
+            return report
+
+    async def _handle_invite(self, invite: InviteView) -> None:
+        if self.on_invite is not None:
+            await self.on_invite(invite)
+
+    async def _guarded(self, what: str, step: Awaitable[None]) -> int:
+        """Runs one repair; a room that errors must not stop the others. Returns errors."""
+        try:
+            await step
+        except Exception as e:
+            self.log.warning(f"Reconciliation could not repair {what}: {e}")
+            return 1
+        return 0
+
+    async def _repair_matrix(self, plan: Plan) -> int:
+        errors = 0
+        via = self.server_name
+        for room_id, binding in plan.binding_writes:
+            errors += await self._guarded(
+                f"the binding of {room_id}", self.record.write_binding(room_id, binding)
+            )
+        for space_id, room_id in plan.child_links:
+            errors += await self._guarded(
+                f"the child link {space_id} -> {room_id}",
+                link_child(self.client, space_id, room_id, via),
+            )
+        for room_id, space_id in plan.parent_links:
+            errors += await self._guarded(
+                f"the parent link {room_id} -> {space_id}",
+                link_parent(self.client, room_id, space_id, via),
+            )
+        for new_room, binding, title in plan.moves:
+            errors += await self._guarded(
+                f"the move to {new_room}", self._follow(new_room, binding, title, plan)
+            )
+        return errors
+
+    async def _follow(self, new_room: str, binding: Binding, title: str, plan: Plan) -> None:
+        """Follows a tombstone when the bot can join the replacement room."""
+        await self.client.join_room_by_id(new_room)
+        await self.record.write_binding(new_room, binding)
+        if binding.space_id:
+            await link_child(self.client, binding.space_id, new_room, self.server_name)
+            await link_parent(self.client, new_room, binding.space_id, self.server_name)
+        plan.rooms.append(
+            RoomRow(
+                room_id=new_room,
+                owner=binding.owner,
+                space_id=binding.space_id,
+                agent_id=binding.agent_id,
+                chat_id=binding.chat_id,
+                title=title,
+                context_start=binding.context_start,
+                share_memory=binding.share_memory,
+                state=ACTIVE,
+                moved_to=None,
+                last_event_id=None,
+                last_event_ts=0,
+                created_at=now_ms(),
+            )
+        )
+        plan.recovered += 1
