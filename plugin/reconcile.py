@@ -20,6 +20,8 @@ import attrs
 from attrs import define, field
 from maubot.matrix import MaubotMatrixClient
 from mautrix.api import Method, Path
+from mautrix.errors import MNotFound
+from mautrix.types import EventType
 from mautrix.util.logging import TraceLogger
 
 from .db import ACTIVE, ARCHIVED, MOVED, RoomRow, Store, UserRow, now_ms
@@ -56,21 +58,20 @@ SYNC_FILTER = {
 
 
 @define
-class StateEntry:
-    sender: str
-    content: dict[str, Any]
-    timestamp: int
-
-
-@define
 class RoomView:
     room_id: str
     joined: bool
-    state: dict[tuple[str, str], StateEntry] = field(factory=dict)
+    # (type, state_key) -> the raw state event: tens of thousands of rooms are parsed per run,
+    # so no object is made per event.
+    state: dict[tuple[str, str], dict[str, Any]] = field(factory=dict)
     account_data: dict[str, dict[str, Any]] = field(factory=dict)
 
-    def get(self, type: str, state_key: str = "") -> StateEntry | None:
+    def get(self, type: str, state_key: str = "") -> dict[str, Any] | None:
         return self.state.get((type, state_key))
+
+    def content(self, type: str, state_key: str = "") -> dict[str, Any] | None:
+        event = self.state.get((type, state_key))
+        return event.get("content") or {} if event is not None else None
 
 
 @define
@@ -94,11 +95,8 @@ def parse_sync(data: dict[str, Any], bot_id: str) -> MatrixView:
         for room_id, room in (rooms.get(section) or {}).items():
             rv = RoomView(room_id, joined)
             for ev in (room.get("state") or {}).get("events") or []:
-                if "state_key" not in ev:
-                    continue
-                rv.state[(ev["type"], ev["state_key"])] = StateEntry(
-                    ev.get("sender", ""), ev.get("content") or {}, ev.get("origin_server_ts", 0)
-                )
+                if "state_key" in ev:
+                    rv.state[(ev["type"], ev["state_key"])] = ev
             for ev in (room.get("account_data") or {}).get("events") or []:
                 rv.account_data[ev.get("type", "")] = ev.get("content") or {}
             view.rooms[room_id] = rv
@@ -132,8 +130,8 @@ class Plan:
     binding_writes: list[tuple[str, Binding]] = field(factory=list)
     child_links: list[tuple[str, str]] = field(factory=list)
     parent_links: list[tuple[str, str]] = field(factory=list)
-    # (replacement room, binding and title to carry over)
-    moves: list[tuple[str, Binding, str]] = field(factory=list)
+    # (replacement room, the binding it takes over)
+    moves: list[tuple[str, Binding]] = field(factory=list)
     recovered: int = 0
     backfilled: int = 0
     archived: int = 0
@@ -145,29 +143,31 @@ class Plan:
         return len(self.child_links) + len(self.parent_links)
 
 
-def _child_link_ok(space: RoomView | None, room_id: str, bot_id: str) -> bool:
-    entry = space.get("m.space.child", room_id) if space else None
-    return bool(entry and entry.sender == bot_id and entry.content.get("via"))
-
-
-def _parent_link_ok(room: RoomView, space_id: str, bot_id: str) -> bool:
-    entry = room.get("m.space.parent", space_id)
-    return bool(entry and entry.sender == bot_id and entry.content.get("via"))
+def _link_ok(event: dict[str, Any] | None, bot_id: str) -> bool:
+    """A Space link counts only if the bot sent it, and it is not a removed (empty) link."""
+    return bool(event and event.get("sender") == bot_id and (event.get("content") or {}).get("via"))
 
 
 def _managed_spaces(view: MatrixView) -> dict[str, SpaceRecord]:
     spaces = {}
     for room in view.rooms.values():
         record = SpaceRecord.from_content(room.account_data.get(SPACE_TYPE))
-        create = room.get("m.room.create")
-        if room.joined and record and create and create.content.get("type") == "m.space":
+        create = room.content("m.room.create")
+        if room.joined and record and create and create.get("type") == "m.space":
             spaces[room.room_id] = record
     return spaces
 
 
+# Cursors and creation time are local bookkeeping, not part of what Matrix says.
+_FROM_MATRIX = tuple(
+    f.name
+    for f in attrs.fields(RoomRow)
+    if f.name not in ("last_event_id", "last_event_ts", "created_at")
+)
+
+
 def _comparable(row: RoomRow) -> tuple[Any, ...]:
-    # Cursors and creation time are local bookkeeping, not part of what Matrix says.
-    return attrs.astuple(attrs.evolve(row, last_event_id=None, last_event_ts=0, created_at=0))
+    return tuple(getattr(row, name) for name in _FROM_MATRIX)
 
 
 def compute(
@@ -198,21 +198,20 @@ def compute(
             plan.backfilled += 1
         elif old is not None and old.chat_id is None:
             plan.backfilled += 1
-        name = room.get("m.room.name")
-        title = str(name.content.get("name") or "") if name else ""
+        title = str((room.content("m.room.name") or {}).get("name") or "")
         create = room.get("m.room.create")
         state, moved_to = ACTIVE, None
         space_id = binding.space_id if binding.space_id in spaces else None
-        tombstone = room.get("m.room.tombstone")
+        tombstone = room.content("m.room.tombstone")
         if not room.joined:
             state = ARCHIVED
-        elif tombstone and isinstance(tombstone.content.get("replacement_room"), str):
-            state, moved_to = MOVED, tombstone.content["replacement_room"]
+        elif tombstone and isinstance(tombstone.get("replacement_room"), str):
+            state, moved_to = MOVED, tombstone["replacement_room"]
             if old is None or old.state != MOVED:
-                plan.moves.append((moved_to, binding, title))
+                plan.moves.append((moved_to, binding))
         elif space_id is not None:
-            child_ok = _child_link_ok(view.rooms.get(space_id), room.room_id, bot_id)
-            parent_ok = _parent_link_ok(room, space_id, bot_id)
+            child_ok = _link_ok(view.rooms[space_id].get("m.space.child", room.room_id), bot_id)
+            parent_ok = _link_ok(room.get("m.space.parent", space_id), bot_id)
             if not child_ok and not parent_ok:
                 # Both sides gone: the room was taken out of its Space.
                 state = ARCHIVED
@@ -233,7 +232,7 @@ def compute(
             moved_to=moved_to,
             last_event_id=old.last_event_id if old else None,
             last_event_ts=old.last_event_ts if old else 0,
-            created_at=old.created_at if old else (create.timestamp if create else now_ms()),
+            created_at=old.created_at if old else (create or {}).get("origin_server_ts", now_ms()),
         )
         if state == ACTIVE:
             plan.managed_rooms += 1
@@ -284,7 +283,8 @@ class ReconcileReport:
         return {k: v for k, v in attrs.asdict(self).items() if k not in ("duration", "finished")}
 
 
-InviteHandler = Callable[[InviteView], Awaitable[None]]
+# (room_id, inviter, is_direct, encrypted): the same handler as for live invites.
+InviteHandler = Callable[[str, str, bool, bool], Awaitable[None]]
 
 
 class Reconciler:
@@ -294,7 +294,7 @@ class Reconciler:
         store: Store,
         record: MatrixRecord,
         log: TraceLogger,
-        on_invite: InviteHandler | None = None,
+        on_invite: InviteHandler,
     ) -> None:
         self.client = client
         self.store = store
@@ -327,7 +327,10 @@ class Reconciler:
             await self.store.apply_reconciliation(plan.rooms, plan.users)
             for invite in view.invites:
                 report.errors += await self._guarded(
-                    f"invite to {invite.room_id}", self._handle_invite(invite)
+                    f"the invite to {invite.room_id}",
+                    self.on_invite(
+                        invite.room_id, invite.inviter, invite.is_direct, invite.encrypted
+                    ),
                 )
             report.spaces = plan.spaces
             report.rooms = plan.managed_rooms
@@ -338,10 +341,6 @@ class Reconciler:
             report.duration = time.monotonic() - started
             report.finished = True
             return report
-
-    async def _handle_invite(self, invite: InviteView) -> None:
-        if self.on_invite is not None:
-            await self.on_invite(invite)
 
     async def _guarded(self, what: str, step: Awaitable[None]) -> int:
         """Runs one repair; a room that errors must not stop the others. Returns errors."""
@@ -369,16 +368,21 @@ class Reconciler:
                 f"the parent link {room_id} -> {space_id}",
                 link_parent(self.client, room_id, space_id, via),
             )
-        for new_room, binding, title in plan.moves:
+        for new_room, binding in plan.moves:
             errors += await self._guarded(
-                f"the move to {new_room}", self._follow(new_room, binding, title, plan)
+                f"the move to {new_room}", self._follow(new_room, binding, plan)
             )
         return errors
 
-    async def _follow(self, new_room: str, binding: Binding, title: str, plan: Plan) -> None:
+    async def _follow(self, new_room: str, binding: Binding, plan: Plan) -> None:
         """Follows a tombstone when the bot can join the replacement room."""
         await self.client.join_room_by_id(new_room)
         await self.record.write_binding(new_room, binding)
+        try:
+            name = await self.client.get_state_event(new_room, EventType.ROOM_NAME)
+            title = name.name or ""
+        except MNotFound:
+            title = ""
         if binding.space_id:
             await link_child(self.client, binding.space_id, new_room, self.server_name)
             await link_parent(self.client, new_room, binding.space_id, self.server_name)

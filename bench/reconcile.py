@@ -1,0 +1,265 @@
+"""Reconciliation benchmarks.
+
+1. 10,000 users x 6 rooms against a synthetic homeserver on loopback: wall time, HTTP requests,
+   DB transactions (target: <= 10 s, <= 1 request per 1,000 rooms, <= 10 transactions).
+2. 1,000 rooms on a real Synapse: the filtered /sync discovery the plugin uses, against the
+   alternative of one request per room (target: <= 5 s).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from mautrix.client import Client
+from mautrix.types import UserID
+from mautrix.util.async_db import Database
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from plugin.db import Store  # noqa: E402
+from plugin.matrix_state import BINDING_TYPE, SPACE_TYPE, MatrixRecord, new_chat_id  # noqa: E402
+from plugin.migrations import upgrade_table  # noqa: E402
+from plugin.reconcile import Reconciler  # noqa: E402
+
+BOT = "@bot:bench"
+log = logging.getLogger("bench")
+
+
+async def no_invites(room_id: str, inviter: str, is_direct: bool, encrypted: bool) -> None:
+    raise AssertionError("the benchmark has no invites")
+
+
+def _state(type: str, key: str, content: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": type,
+        "state_key": key,
+        "sender": BOT,
+        "content": content,
+        "origin_server_ts": 1_700_000_000_000,
+        "event_id": f"${type}{key}",
+    }
+
+
+def synthetic_sync(users: int, rooms_per_user: int) -> bytes:
+    join: dict[str, Any] = {}
+    for u in range(users):
+        owner = f"@user{u}:bench"
+        space = f"!space{u}:bench"
+        children = [f"!room{u}_{r}:bench" for r in range(rooms_per_user)]
+        join[space] = {
+            "state": {
+                "events": [
+                    _state("m.room.create", "", {"type": "m.space"}),
+                    _state("m.room.name", "", {"name": f"user{u} · Agents"}),
+                ]
+                + [_state("m.space.child", c, {"via": ["bench"]}) for c in children]
+            },
+            "account_data": {
+                "events": [{"type": SPACE_TYPE, "content": {"owner": owner, "version": 1}}]
+            },
+        }
+        for r, room in enumerate(children):
+            binding = {
+                "owner": owner,
+                "space_id": space,
+                "agent_id": "echo",
+                "chat_id": new_chat_id(),
+                "context_start": None,
+                "share_memory": True,
+                "version": 1,
+            }
+            join[room] = {
+                "state": {
+                    "events": [
+                        _state("m.room.create", "", {}),
+                        _state("m.room.name", "", {"name": f"Echo {r}"}),
+                        _state("m.space.parent", space, {"via": ["bench"], "canonical": True}),
+                    ]
+                },
+                "account_data": {"events": [{"type": BINDING_TYPE, "content": binding}]},
+            }
+    return json.dumps({"next_batch": "s1", "rooms": {"join": join}}).encode()
+
+
+class CountingDatabase:
+    """Counts transactions: each statement outside an explicit one, and each acquired block."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self.transactions = 0
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._db, name)
+        if name in ("execute", "executemany", "fetch", "fetchrow", "fetchval", "acquire"):
+            self.transactions += 1
+        return attr
+
+
+async def bench_synthetic(users: int = 10_000, rooms_per_user: int = 6) -> dict[str, Any]:
+    body = synthetic_sync(users, rooms_per_user)
+    requests = 0
+
+    async def sync(request: web.Request) -> web.Response:
+        nonlocal requests
+        requests += 1
+        return web.Response(body=body, content_type="application/json")
+
+    async def other(request: web.Request) -> web.Response:
+        nonlocal requests
+        requests += 1
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_get("/_matrix/client/v3/sync", sync)
+    app.router.add_route("*", "/{tail:.*}", other)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    client = Client(mxid=UserID(BOT), base_url=f"http://127.0.0.1:{port}", token="bench")
+    results: dict[str, Any] = {"rooms": users * rooms_per_user, "sync_bytes": len(body)}
+    with tempfile.TemporaryDirectory() as tmp:
+        db = Database.create(f"sqlite:{tmp}/bench.db", upgrade_table=upgrade_table, log=log)
+        await db.start()
+        counting = CountingDatabase(db)
+        store = Store(counting)  # type: ignore[arg-type]
+        reconciler = Reconciler(client, store, MatrixRecord(client), log, no_invites)
+        for run in ("first", "second"):
+            requests, counting.transactions = 0, 0
+            started = time.perf_counter()
+            report = await reconciler.run()
+            results[run] = {
+                "seconds": round(time.perf_counter() - started, 2),
+                "http_requests": requests,
+                "db_transactions": counting.transactions,
+                "report": report.summary(),
+            }
+        await db.stop()
+    await client.api.session.close()
+    await runner.cleanup()
+    return results
+
+
+async def bench_real_synapse(rooms: int = 1000) -> dict[str, Any]:
+    from tests.harness.matrix_user import MatrixUser
+    from tests.harness.synapse import Synapse
+
+    with tempfile.TemporaryDirectory() as tmp:
+        synapse = Synapse(Path(tmp) / "synapse")
+        synapse.start()
+        try:
+            account = synapse.register("bot")
+            owner = "@owner:localhost"
+            bot = MatrixUser(synapse.url, account["user_id"], account["access_token"])
+            space = await bot.create_room(
+                name="Bench · Agents", creation_content={"type": "m.space"}
+            )
+            await bot.request(
+                "PUT",
+                f"/user/{account['user_id']}/rooms/{space}/account_data/{SPACE_TYPE}",
+                {"owner": owner, "version": 1},
+            )
+            semaphore = asyncio.Semaphore(4)
+
+            async def make_room(i: int) -> None:
+                async with semaphore:
+                    room = await bot.create_room(
+                        name=f"Echo {i}",
+                        initial_state=[
+                            {
+                                "type": "m.space.parent",
+                                "state_key": space,
+                                "content": {"via": ["localhost"], "canonical": True},
+                            }
+                        ],
+                    )
+                    binding = {
+                        "owner": owner,
+                        "space_id": space,
+                        "agent_id": "echo",
+                        "chat_id": new_chat_id(),
+                        "version": 1,
+                    }
+                    await bot.request(
+                        "PUT",
+                        f"/user/{account['user_id']}/rooms/{room}/account_data/{BINDING_TYPE}",
+                        binding,
+                    )
+                    await bot.send_state(
+                        space, "m.space.child", {"via": ["localhost"]}, state_key=room
+                    )
+
+            started = time.perf_counter()
+            await asyncio.gather(*(make_room(i) for i in range(rooms)))
+            setup_seconds = time.perf_counter() - started
+            await bot.http.close()
+
+            client = Client(
+                mxid=UserID(account["user_id"]), base_url=synapse.url, token=account["access_token"]
+            )
+            results: dict[str, Any] = {"rooms": rooms, "setup_seconds": round(setup_seconds, 1)}
+            db = Database.create(f"sqlite:{tmp}/bench.db", upgrade_table=upgrade_table, log=log)
+            await db.start()
+            reconciler = Reconciler(client, Store(db), MatrixRecord(client), log, no_invites)
+            for run in ("sync_first", "sync_second"):
+                started = time.perf_counter()
+                report = await reconciler.run()
+                results[run] = {
+                    "seconds": round(time.perf_counter() - started, 2),
+                    "report": report.summary(),
+                }
+            started = time.perf_counter()
+            found = await per_room_discovery(client)
+            results["per_room_discovery"] = {
+                "seconds": round(time.perf_counter() - started, 2),
+                "rooms_with_binding": found,
+            }
+            started = time.perf_counter()
+            view = await reconciler.discover()
+            results["sync_discovery_only"] = {
+                "seconds": round(time.perf_counter() - started, 2),
+                "rooms": len(view.rooms),
+            }
+            await db.stop()
+            await client.api.session.close()
+        finally:
+            synapse.stop()
+    return results
+
+
+async def per_room_discovery(client: Client) -> int:
+    """The alternative the plugin does not use: joined rooms, then account data and state per room."""
+    record = MatrixRecord(client)
+    semaphore = asyncio.Semaphore(8)
+    found = 0
+
+    async def one(room_id: str) -> None:
+        nonlocal found
+        async with semaphore:
+            if await record.read_binding(room_id) or await record.read_space(room_id):
+                found += 1
+            await client.get_state(room_id)
+
+    await asyncio.gather(*(one(r) for r in await client.get_joined_rooms()))
+    return found
+
+
+def main() -> None:
+    print("== Reconciliation: 10,000 users x 6 rooms, synthetic homeserver on loopback")
+    print(json.dumps(asyncio.run(bench_synthetic()), indent=2))
+    print("== Reconciliation: 1,000 rooms on a real Synapse")
+    print(json.dumps(asyncio.run(bench_real_synapse()), indent=2))
+
+
+if __name__ == "__main__":
+    main()
