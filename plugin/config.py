@@ -11,38 +11,51 @@ from typing import Any
 
 from attrs import field, frozen
 from mautrix.util.config import BaseProxyConfig, ConfigUpdateHelper
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 BACKENDS = ("echo", "openai", "http")
 ENCRYPT_MODES = ("auto", "always", "never")
-SECRET_KEYS = ("api_key", "headers")
+# Keys whose values are never written to a log, not even when they have the wrong type.
+SECRET_KEYS = ("api_key", "headers", "token")
 _PREFIX_RE = re.compile(r"^[a-z0-9_-]+$")
 _AGENT_ID_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
 class Config(BaseProxyConfig):
     def do_update(self, helper: ConfigUpdateHelper) -> None:
-        for key in (
-            "command_prefix",
-            "agents",
-            "default_agent",
-            "access.allowed",
-            "access.admins",
-            "onboarding.on_invite",
-            "onboarding.space_name",
-            "onboarding.rooms",
-            "rooms.encrypt",
-            "dispatch.max_concurrency",
-            "dispatch.edit_interval",
-            "dispatch.max_edits",
-            "dispatch.timeout",
-            "limits.messages_per_minute",
-            "limits.daily_tokens",
-            "reconcile.timeout",
-            "catch_up.max_age_hours",
-            "catch_up.max_per_room",
-            "web.token",
-        ):
+        for key in CONFIG_KEYS:
+            section = key.split(".")[0]
+            if "." in key and section in helper.source:
+                value = helper.source[section]
+                if not isinstance(value, dict):
+                    # Copying "web.token" out of `web: 5` would crash with a message naming no
+                    # key; the wrong value is kept instead, so that validation names it.
+                    helper.base[section] = value
+                    continue
             helper.copy(key)
+
+
+CONFIG_KEYS = (
+    "command_prefix",
+    "agents",
+    "default_agent",
+    "access.allowed",
+    "access.admins",
+    "onboarding.on_invite",
+    "onboarding.space_name",
+    "onboarding.rooms",
+    "rooms.encrypt",
+    "dispatch.max_concurrency",
+    "dispatch.edit_interval",
+    "dispatch.max_edits",
+    "dispatch.timeout",
+    "limits.messages_per_minute",
+    "limits.daily_tokens",
+    "reconcile.timeout",
+    "catch_up.max_age_hours",
+    "catch_up.max_per_room",
+    "web.token",
+)
 
 
 class ConfigError(ValueError):
@@ -99,24 +112,39 @@ class _Reader:
     def __init__(self, data: dict[str, Any]) -> None:
         self.data = data
         self.problems: list[str] = []
+        # Sections that are not mappings: their keys are not reported one by one as well.
+        self._broken: set[str] = set()
 
     def get(self, key: str) -> Any:
         node: Any = self.data
+        path: list[str] = []
         for part in key.split("."):
-            if not isinstance(node, dict) or part not in node:
+            if not isinstance(node, dict):
+                self.problem(".".join(path), f"must be a mapping of keys, got {_describe(node)}")
+                self._broken.add(".".join(path))
+                return None
+            if part not in node:
                 return None
             node = node[part]
+            path.append(part)
         return node
 
     def problem(self, key: str, message: str) -> None:
+        if any(key == broken or key.startswith(broken + ".") for broken in self._broken):
+            return
         self.problems.append(f"{key}: {message}")
 
-    def string(self, key: str, value: Any = None, *, required: bool = True) -> str:
+    def string(self, key: str, value: Any = None, *, required: bool = True, what: str = "") -> str:
         value = self.get(key) if value is None else value
         if value is None and not required:
             return ""
         if not isinstance(value, str) or (required and not value.strip()):
-            self.problem(key, f"must be a non-empty string, got {_describe(value)}")
+            got = (
+                "it is missing"
+                if value is None
+                else f"got {_describe(value, secret=_is_secret(key))}"
+            )
+            self.problem(key, f"{what or 'must be a non-empty string'}; {got}")
             return ""
         return value
 
@@ -164,17 +192,43 @@ class _Reader:
         return tuple(result)
 
 
-def _describe(value: Any) -> str:
+def _is_secret(key: str) -> bool:
+    return key.rsplit(".", 1)[-1] in SECRET_KEYS
+
+
+def _describe(value: Any, *, secret: bool = False) -> str:
+    """The value as a log may show it: containers and secrets only by their type."""
     if value is None:
         return "nothing"
-    text = repr(value)
-    return f"{type(value).__name__} {text[:40]}"
+    if isinstance(value, dict):
+        return f"a mapping of {len(value)} keys"
+    if isinstance(value, list):
+        return f"a list of {len(value)} items"
+    kind = _KINDS.get(type(value), type(value).__name__)
+    if secret:
+        return kind
+    return f"{kind} {repr(value)[:40]}"
+
+
+_KINDS = {str: "text", bool: "true/false", int: "a number", float: "a number"}
+
+
+def yaml_problem(error: Exception) -> str:
+    """Why the config text does not parse, without quoting it: the quoted line may hold a secret."""
+    if isinstance(error, MarkedYAMLError) and error.problem_mark is not None:
+        mark = error.problem_mark
+        return f"{error.problem} at line {mark.line + 1}, column {mark.column + 1}"
+    if isinstance(error, YAMLError):
+        return "the text is not valid YAML"
+    return type(error).__name__
 
 
 def _parse_agent(reader: _Reader, index: int, raw: Any) -> AgentSettings | None:
     key = f"agents[{index}]"
     if not isinstance(raw, dict):
-        reader.problem(key, f"must be a mapping with id and backend, got {_describe(raw)}")
+        # A misplaced line of an agent can be its key, so the value is not quoted.
+        got = _describe(raw, secret=True)
+        reader.problem(key, f"must be a mapping with id and backend, got {got}")
         return None
     agent_id = reader.string(f"{key}.id", raw.get("id"))
     if agent_id and not _AGENT_ID_RE.match(agent_id):
@@ -192,7 +246,12 @@ def _parse_agent(reader: _Reader, index: int, raw: Any) -> AgentSettings | None:
         )
     }
     if backend == "openai":
-        options["base_url"] = reader.string(f"{key}.base_url", raw.get("base_url")).rstrip("/")
+        options["base_url"] = reader.string(
+            f"{key}.base_url",
+            raw.get("base_url"),
+            what="is required for the openai backend (the server's URL, like "
+            "https://api.openai.com/v1)",
+        ).rstrip("/")
         options["api_key"] = reader.string(f"{key}.api_key", raw.get("api_key"), required=False)
         options["model"] = reader.string(f"{key}.model", raw.get("model"), required=False)
         options["system_prompt"] = reader.string(
@@ -200,7 +259,9 @@ def _parse_agent(reader: _Reader, index: int, raw: Any) -> AgentSettings | None:
         )
         options["stream"] = reader.boolean(f"{key}.stream", raw.get("stream"), default=True)
     elif backend == "http":
-        options["url"] = reader.string(f"{key}.url", raw.get("url"))
+        options["url"] = reader.string(
+            f"{key}.url", raw.get("url"), what="is required for the http backend (the webhook URL)"
+        )
         headers = raw.get("headers") or {}
         if not isinstance(headers, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
@@ -215,11 +276,14 @@ def _parse_agent(reader: _Reader, index: int, raw: Any) -> AgentSettings | None:
     for url_key in ("base_url", "url"):
         url = options.get(url_key)
         if url and not url.startswith(("http://", "https://")):
-            reader.problem(f"{key}.{url_key}", f"must be an http(s) URL, got {url[:60]!r}")
+            # Not quoted: a URL can carry credentials.
+            reader.problem(f"{key}.{url_key}", "must start with http:// or https://")
+    name = reader.string(f"{key}.name", raw.get("name"), required=False)
+    description = reader.string(f"{key}.description", raw.get("description"), required=False)
     return AgentSettings(
         id=agent_id,
-        name=str(raw.get("name") or agent_id),
-        description=str(raw.get("description") or ""),
+        name=name or agent_id,
+        description=description,
         backend=backend,
         **options,
     )
@@ -241,7 +305,9 @@ def parse_settings(data: dict[str, Any], server: str) -> Settings:
         if agent is None or not agent.id:
             continue
         if agent.id in agents:
-            reader.problem(f"agents[{index}].id", f"duplicate agent id {agent.id!r}")
+            reader.problem(
+                f"agents[{index}].id", f"duplicate agent id {agent.id!r}; each id must be unique"
+            )
         agents[agent.id] = agent
     default_agent = reader.string("default_agent")
     if default_agent and agents and default_agent not in agents:
@@ -257,12 +323,13 @@ def parse_settings(data: dict[str, Any], server: str) -> Settings:
         )
         onboarding_rooms = []
     for agent_id in onboarding_rooms:
-        if agent_id not in agents:
-            reader.problem("onboarding.rooms", f"{agent_id!r} is not one of the agents")
+        if not isinstance(agent_id, str) or agent_id not in agents:
+            shown = repr(agent_id) if isinstance(agent_id, str) else _describe(agent_id)
+            reader.problem("onboarding.rooms", f"{shown} is not one of the agents")
     space_name = reader.string("onboarding.space_name")
     try:
         space_name.format(displayname="x", user_id="x")
-    except (KeyError, IndexError, ValueError):
+    except (KeyError, IndexError, ValueError, AttributeError):
         reader.problem(
             "onboarding.space_name", "may only use the placeholders {displayname} and {user_id}"
         )
@@ -293,3 +360,19 @@ def parse_settings(data: dict[str, Any], server: str) -> Settings:
     if reader.problems:
         raise ConfigError(reader.problems)
     return settings
+
+
+def load_settings(config: Config, server: str) -> Settings:
+    """Reads the instance's config text, fills in the defaults and validates the result.
+
+    Nothing is saved here: the caller saves a config only once it has accepted it. Raises
+    ConfigError naming every bad key, never quoting a secret.
+    """
+    try:
+        config.load()
+    except YAMLError as e:
+        raise ConfigError([f"config: {yaml_problem(e)}"]) from None
+    if not isinstance(config._data, dict):
+        raise ConfigError([f"config: must be a mapping of keys, got {_describe(config._data)}"])
+    config.update(save=False)
+    return parse_settings(config._data, server)

@@ -126,6 +126,14 @@ class Store:
     async def upsert_user(self, user_id: str, space_id: str | None) -> None:
         await self.db.execute(_USER_UPSERT, user_id, space_id, now_ms())
 
+    # Spaces
+
+    async def get_user_by_space(self, space_id: str) -> UserRow | None:
+        row = await self.db.fetchrow(
+            f"SELECT {UserRow.columns()} FROM agent_user WHERE space_id=$1", space_id
+        )
+        return UserRow.from_row(row) if row else None
+
     # Rooms
 
     async def get_room(self, room_id: str) -> RoomRow | None:
@@ -145,12 +153,31 @@ class Store:
             )
         return [RoomRow.from_row(row) for row in rows]
 
+    async def active_rooms(self) -> list[RoomRow]:
+        rows = await self.db.fetch(
+            f"SELECT {_ROOM_COLUMNS} FROM room WHERE state=$1 ORDER BY room_id", ACTIVE
+        )
+        return [RoomRow.from_row(row) for row in rows]
+
     async def all_rooms(self) -> list[RoomRow]:
         rows = await self.db.fetch(f"SELECT {_ROOM_COLUMNS} FROM room ORDER BY room_id")
         return [RoomRow.from_row(row) for row in rows]
 
     async def upsert_room(self, room: RoomRow) -> None:
         await self.db.execute(_ROOM_UPSERT, *room.values())
+
+    async def apply_reconciliation(
+        self, rooms: list[RoomRow], users: list[tuple[str, str | None]]
+    ) -> None:
+        """Writes a reconciliation's changes in one transaction; local data stays untouched."""
+        if not rooms and not users:
+            return
+        now = now_ms()
+        async with self.db.acquire() as conn, conn.transaction():
+            if rooms:
+                await conn.executemany(_ROOM_UPSERT, [room.values() for room in rooms])
+            if users:
+                await conn.executemany(_USER_UPSERT, [(u, s, now) for u, s in users])
 
     async def set_room_agent(self, room_id: str, agent_id: str) -> None:
         await self.db.execute("UPDATE room SET agent_id=$2 WHERE room_id=$1", room_id, agent_id)
@@ -215,6 +242,12 @@ class Store:
             f"SELECT {TurnRow.columns()} FROM context_turn WHERE room_id=$1 ORDER BY id", room_id
         )
         return [TurnRow.from_row(row) for row in rows]
+
+    async def rooms_with_turns(self) -> set[str]:
+        return {
+            row["room_id"]
+            for row in await self.db.fetch("SELECT DISTINCT room_id FROM context_turn")
+        }
 
     async def has_turns(self, room_id: str) -> bool:
         return bool(
@@ -290,3 +323,26 @@ class Store:
             f"SELECT {UsageRow.columns()} FROM usage WHERE user_id=$1 AND day=$2", user_id, day
         )
         return UsageRow.from_row(row) if row else None
+
+    # Dispatch and context
+
+    async def turn_for_event(self, room_id: str, event_id: str) -> TurnRow | None:
+        row = await self.db.fetchrow(
+            f"SELECT {TurnRow.columns()} FROM context_turn WHERE room_id=$1 AND event_id=$2 "
+            "ORDER BY id LIMIT 1",
+            room_id,
+            event_id,
+        )
+        return TurnRow.from_row(row) if row else None
+
+    async def delete_turns_after(self, room_id: str, turn_id: int) -> None:
+        await self.db.execute(
+            "DELETE FROM context_turn WHERE room_id=$1 AND id>$2", room_id, turn_id
+        )
+
+    async def set_turn_answered(self, turn_id: int, answered: bool) -> None:
+        await self.db.execute("UPDATE context_turn SET answered=$2 WHERE id=$1", turn_id, answered)
+
+    async def unclaim_event(self, event_id: str) -> None:
+        """Forgets a claim whose event was never answered, so that the catch-up answers it."""
+        await self.db.execute("DELETE FROM processed_event WHERE event_id=$1", event_id)

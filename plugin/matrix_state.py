@@ -12,6 +12,7 @@ from typing import Any
 from attrs import asdict, define
 from maubot.matrix import MaubotMatrixClient
 from mautrix.errors import MNotFound
+from mautrix.types import EventType
 
 BINDING_TYPE = "org.agentspaces.room"
 SPACE_TYPE = "org.agentspaces.space"
@@ -106,3 +107,17 @@ class MatrixRecord:
 
     async def write_space(self, space_id: str, record: SpaceRecord) -> None:
         await self.client.set_account_data(SPACE_TYPE, record.to_content(), room_id=space_id)
+
+
+async def link_child(client: MaubotMatrixClient, space_id: str, room_id: str, via: str) -> None:
+    """The Space's side of the link. Only the bot may send it (power levels)."""
+    await client.send_state_event(
+        space_id, EventType.SPACE_CHILD, {"via": [via]}, state_key=room_id
+    )
+
+
+async def link_parent(client: MaubotMatrixClient, room_id: str, space_id: str, via: str) -> None:
+    """The room's side of the link, marked canonical: a working room has exactly one Space."""
+    await client.send_state_event(
+        room_id, EventType.SPACE_PARENT, {"via": [via], "canonical": True}, state_key=space_id
+    )

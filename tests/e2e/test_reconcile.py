@@ -47,10 +47,7 @@ async def topology(bot: Deployment, db_kind: str, request: pytest.FixtureRequest
     users = await db_rows(bot, db_kind, request, "agent_user")
     return {
         "rooms": sorted(
-
-                tuple(bool(r[c]) if c == "share_memory" else r[c] for c in ROOM_COLUMNS)
-                for r in rooms
-
+            tuple(bool(r[c]) if c == "share_memory" else r[c] for c in ROOM_COLUMNS) for r in rooms
         ),
         "users": sorted((u["user_id"], u["space_id"]) for u in users),
     }
@@ -332,3 +329,27 @@ async def test_invites_that_arrived_while_down_are_handled(bot: Deployment, make
     )
     assert space_invite
     await mallory.wait_for_membership(other, bot.bot_id, "leave", timeout=30)
+
+
+async def test_lost_space_keeps_its_rooms_for_the_next_onboarding(
+    bot: Deployment, make_user: Any, db_kind: str, request: pytest.FixtureRequest
+) -> None:
+    alice, home = await setup(bot, make_user)
+    as_bot = bot_client(bot)
+    await stop(bot)
+    try:
+        await as_bot.leave(home.space_id)
+    finally:
+        await as_bot.http.close()
+    await start(bot)
+
+    users = await db_rows(bot, db_kind, request, "agent_user")
+    assert [(u["user_id"], u["space_id"]) for u in users] == [(alice.user_id, None)]
+    rows = await db_rows(bot, db_kind, request, "room")
+    assert {r["room_id"]: r["state"] for r in rows} == {r: "active" for r in home.rooms.values()}
+    room = home.rooms["echo"]
+    assert (await alice.ask(room, "still routed", bot.bot_id)).body.startswith("still routed")
+
+    again = await onboard(alice, bot)
+    assert again.space_id != home.space_id
+    assert again.rooms == home.rooms

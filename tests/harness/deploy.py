@@ -44,6 +44,8 @@ class Deployment:
     instance_id: str
     bot_id: str
     prober: MatrixUser
+    # The bot account's own token, for tests that read what only the bot sees (account data).
+    bot_token: str = ""
 
     async def update_config(self, overrides: dict[str, Any] | None = None) -> dict:
         return await self.server.put_instance(self.instance_id, config=config_yaml(overrides))
@@ -102,7 +104,9 @@ async def deploy(
     await server.put_instance(
         instance_id, type=PLUGIN_ID, primary_user=account["user_id"], enabled=True
     )
-    deployment = Deployment(server, synapse, instance_id, account["user_id"], prober)
+    deployment = Deployment(
+        server, synapse, instance_id, account["user_id"], prober, account["access_token"]
+    )
     await deployment.update_config(config)
     await deployment.wait_live()
     return deployment

@@ -1,0 +1,1 @@
+"""Local stand-ins for agent servers, on 127.0.0.1, started by the tests."""

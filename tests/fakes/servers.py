@@ -1,0 +1,202 @@
+"""A local OpenAI-compatible server and a local `http` agent server, with scriptable failures.
+
+Each request takes the next scripted `Behavior`, or the default one when the script is empty.
+Every request body and its headers are recorded, so tests can see what the plugin sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from collections import deque
+from typing import Any
+
+from aiohttp import web
+from attrs import define, field
+
+
+@define
+class Behavior:
+    status: int = 200
+    # Seconds before the answer starts.
+    delay: float = 0.0
+    # Sent as the Retry-After header with a 429.
+    retry_after: float | None = None
+    # The reply; by default it is derived from the request's text.
+    reply: str | None = None
+    # Stream the reply in this many chunks (0: whole JSON unless the request asks to stream).
+    chunks: int = 0
+    chunk_delay: float = 0.0
+    # Close the connection after this many chunks, mid-stream.
+    break_after: int | None = None
+
+
+@define
+class Recorded:
+    body: dict[str, Any]
+    headers: dict[str, str]
+
+
+def closed_port_url(path: str = "") -> str:
+    """A loopback URL nothing listens on: connecting to it is refused."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}{path}"
+
+
+def split(text: str, parts: int) -> list[str]:
+    size = max(1, -(-len(text) // parts))
+    return [text[i : i + size] for i in range(0, len(text), size)]
+
+
+@define
+class FakeServer:
+    default: Behavior = field(factory=Behavior)
+    requests: list[Recorded] = field(factory=list)
+    script_queue: deque[Behavior] = field(factory=deque)
+    runner: web.AppRunner | None = None
+    port: int = 0
+    # Requests being answered right now, and the most seen at once.
+    active: int = 0
+    max_active: int = 0
+
+    def script(self, *behaviors: Behavior) -> None:
+        self.script_queue.extend(behaviors)
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/{tail:.*}", self._handle)
+        self.runner = web.AppRunner(app, access_log=None)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def wait_for_requests(self, count: int, timeout: float = 20) -> list[Recorded]:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while len(self.requests) < count:
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError(f"{len(self.requests)} of {count} requests arrived")
+            await asyncio.sleep(0.02)
+        return self.requests
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        self.requests.append(Recorded(body, dict(request.headers)))
+        behavior = self.script_queue.popleft() if self.script_queue else self.default
+        self.active += 1
+        self.max_active = max(self.max_active, self.active)
+        try:
+            if behavior.delay:
+                await asyncio.sleep(behavior.delay)
+            if behavior.status != 200:
+                headers = {}
+                if behavior.retry_after is not None:
+                    headers["Retry-After"] = f"{behavior.retry_after:g}"
+                return web.json_response(
+                    {"error": f"scripted {behavior.status}"},
+                    status=behavior.status,
+                    headers=headers,
+                )
+            text = behavior.reply if behavior.reply is not None else self.reply_text(body)
+            if behavior.chunks or self.wants_stream(body):
+                return await self._stream(request, behavior, split(text, behavior.chunks or 3))
+            return web.json_response(self.whole(text))
+        finally:
+            self.active -= 1
+
+    async def _stream(
+        self, request: web.Request, behavior: Behavior, parts: list[str]
+    ) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        for n, part in enumerate(parts):
+            if behavior.break_after is not None and n >= behavior.break_after:
+                request.transport.close()  # type: ignore[union-attr]
+                return resp
+            await resp.write(f"data: {json.dumps(self.chunk(part))}\n\n".encode())
+            if behavior.chunk_delay:
+                await asyncio.sleep(behavior.chunk_delay)
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+
+    # The wire format, per kind of server.
+
+    def reply_text(self, body: dict[str, Any]) -> str:
+        raise NotImplementedError
+
+    def wants_stream(self, body: dict[str, Any]) -> bool:
+        return False
+
+    def whole(self, text: str) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def chunk(self, text: str) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class FakeOpenAI(FakeServer):
+    """`POST /v1/chat/completions`, answering "reply to: <last user message>"."""
+
+    def reply_text(self, body: dict[str, Any]) -> str:
+        return f"reply to: {body['messages'][-1]['content']}"
+
+    def wants_stream(self, body: dict[str, Any]) -> bool:
+        return bool(body.get("stream"))
+
+    def whole(self, text: str) -> dict[str, Any]:
+        return {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "finish_reason": "stop",
+                }
+            ],
+        }
+
+    def chunk(self, text: str) -> dict[str, Any]:
+        return {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion.chunk",
+            "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}],
+        }
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.url}/v1"
+
+    def system_prompts(self) -> list[str]:
+        return [
+            m["content"] for r in self.requests for m in r.body["messages"] if m["role"] == "system"
+        ]
+
+
+class FakeAgentPlatform(FakeServer):
+    """The `http` backend's webhook, answering "platform reply to: <text>"."""
+
+    def reply_text(self, body: dict[str, Any]) -> str:
+        return f"platform reply to: {body['text']}"
+
+    def whole(self, text: str) -> dict[str, Any]:
+        return {"reply": text}
+
+    def chunk(self, text: str) -> dict[str, Any]:
+        return {"delta": text}
+
+    @property
+    def chat_url(self) -> str:
+        return f"{self.url}/chat"
