@@ -23,6 +23,7 @@ from mautrix.util.logging import TraceLogger
 from . import access
 from .config import Settings
 from .db import RoomRow, Store
+from .matrix_state import fresh_initial_sync
 
 PAGE_SIZE = 100
 # How far back one room's walk may go, in events, when looking for its context start.
@@ -155,15 +156,7 @@ class CatchUp:
 
     async def _latest_messages(self) -> dict[str, dict[str, Any]]:
         """The newest message of every joined room, in one request."""
-        data = await self.client.api.request(
-            Method.GET,
-            Path.v3.sync,
-            query_params={
-                "filter": json.dumps(_LATEST_FILTER),
-                "full_state": "false",
-                "timeout": "0",
-            },
-        )
+        data = await fresh_initial_sync(self.client, _LATEST_FILTER, full_state=False)
         latest = {}
         for room_id, room in ((data.get("rooms") or {}).get("join") or {}).items():
             events = (room.get("timeline") or {}).get("events") or []

@@ -6,11 +6,14 @@ write it, so no user can forge it. Spaces carry a smaller record naming their ow
 
 from __future__ import annotations
 
+import json
+import time
 import uuid
 from typing import Any
 
 from attrs import asdict, define
 from maubot.matrix import MaubotMatrixClient
+from mautrix.api import Method, Path
 from mautrix.errors import MNotFound
 from mautrix.types import EventType
 
@@ -120,4 +123,24 @@ async def link_parent(client: MaubotMatrixClient, room_id: str, space_id: str, v
     """The room's side of the link, marked canonical: a working room has exactly one Space."""
     await client.send_state_event(
         room_id, EventType.SPACE_PARENT, {"via": [via], "canonical": True}, state_key=space_id
+    )
+
+
+async def fresh_initial_sync(
+    client: MaubotMatrixClient, sync_filter: dict[str, Any], full_state: bool
+) -> dict[str, Any]:
+    """One /sync without a since token, answered from the server's current state.
+
+    Synapse caches /sync answers by their parameters (two minutes by default), so the same
+    request made again after a restart would get the old answer. The timeout is part of that
+    cache key and means nothing to a sync without a since token, so it is varied.
+    """
+    return await client.api.request(
+        Method.GET,
+        Path.v3.sync,
+        query_params={
+            "filter": json.dumps(sync_filter),
+            "full_state": "true" if full_state else "false",
+            "timeout": str(time.time_ns() // 1_000_000 % 2**31),
+        },
     )

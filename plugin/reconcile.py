@@ -11,7 +11,6 @@ A second run over an unchanged Matrix computes an empty plan, so it writes nothi
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -19,7 +18,6 @@ from typing import Any
 import attrs
 from attrs import define, field
 from maubot.matrix import MaubotMatrixClient
-from mautrix.api import Method, Path
 from mautrix.errors import MNotFound
 from mautrix.types import EventType
 from mautrix.util.logging import TraceLogger
@@ -32,6 +30,7 @@ from .matrix_state import (
     MatrixRecord,
     SpaceRecord,
     deterministic_chat_id,
+    fresh_initial_sync,
     link_child,
     link_parent,
 )
@@ -43,11 +42,13 @@ _STATE_TYPES = [
     "m.space.child",
     "m.space.parent",
 ]
-# Timeline limit 0 matters: with a timeline, /sync returns the state at the timeline's start.
+# Synapse answers an initial sync with timeline limit 0 with no rooms at all, and a timeline
+# filtered by type makes the state section stale. So: one unfiltered timeline event per room,
+# whose state (if any) completes the state section, which holds the state before the timeline.
 SYNC_FILTER = {
     "room": {
         "include_leave": True,
-        "timeline": {"limit": 0},
+        "timeline": {"limit": 1},
         "state": {"types": _STATE_TYPES, "lazy_load_members": False},
         "account_data": {"types": [BINDING_TYPE, SPACE_TYPE]},
         "ephemeral": {"types": []},
@@ -94,8 +95,10 @@ def parse_sync(data: dict[str, Any], bot_id: str) -> MatrixView:
     for section, joined in (("join", True), ("leave", False)):
         for room_id, room in (rooms.get(section) or {}).items():
             rv = RoomView(room_id, joined)
-            for ev in (room.get("state") or {}).get("events") or []:
-                if "state_key" in ev:
+            events = (room.get("state") or {}).get("events") or []
+            timeline = (room.get("timeline") or {}).get("events") or []
+            for ev in (*events, *timeline):
+                if "state_key" in ev and ev.get("type") in _STATE_TYPES:
                     rv.state[(ev["type"], ev["state_key"])] = ev
             for ev in (room.get("account_data") or {}).get("events") or []:
                 rv.account_data[ev.get("type", "")] = ev.get("content") or {}
@@ -308,11 +311,7 @@ class Reconciler:
         return self.client.mxid.split(":", 1)[1]
 
     async def discover(self) -> MatrixView:
-        data = await self.client.api.request(
-            Method.GET,
-            Path.v3.sync,
-            query_params={"filter": json.dumps(SYNC_FILTER), "full_state": "true", "timeout": "0"},
-        )
+        data = await fresh_initial_sync(self.client, SYNC_FILTER, full_state=True)
         return parse_sync(data, self.client.mxid)
 
     async def run(self) -> ReconcileReport:
