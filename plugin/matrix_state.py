@@ -17,6 +17,8 @@ from mautrix.api import Method, Path
 from mautrix.errors import MNotFound
 from mautrix.types import EventType
 
+from .db import ACTIVE, RoomRow, now_ms
+
 BINDING_TYPE = "org.agentspaces.room"
 SPACE_TYPE = "org.agentspaces.space"
 SCHEMA_VERSION = 1
@@ -49,6 +51,45 @@ class Binding:
 
     def to_content(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def of_room(cls, room: RoomRow) -> Binding:
+        """The binding a room's DB row mirrors."""
+        return cls(
+            owner=room.owner,
+            space_id=room.space_id,
+            agent_id=room.agent_id,
+            chat_id=room.chat_id,
+            context_start=room.context_start,
+            share_memory=room.share_memory,
+        )
+
+    def room_row(
+        self,
+        room_id: str,
+        title: str,
+        *,
+        space_id: str | None = None,
+        state: str = ACTIVE,
+        moved_to: str | None = None,
+        created_at: int | None = None,
+    ) -> RoomRow:
+        """The DB row of a room with this binding. The catch-up cursor starts empty."""
+        return RoomRow(
+            room_id=room_id,
+            owner=self.owner,
+            space_id=space_id,
+            agent_id=self.agent_id,
+            chat_id=self.chat_id,
+            title=title,
+            context_start=self.context_start,
+            share_memory=self.share_memory,
+            state=state,
+            moved_to=moved_to,
+            last_event_id=None,
+            last_event_ts=0,
+            created_at=now_ms() if created_at is None else created_at,
+        )
 
     @classmethod
     def from_content(cls, content: dict[str, Any] | None) -> Binding | None:

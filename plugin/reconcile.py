@@ -22,7 +22,7 @@ from mautrix.errors import MNotFound
 from mautrix.types import EventType
 from mautrix.util.logging import TraceLogger
 
-from .db import ACTIVE, ARCHIVED, MOVED, RoomRow, Store, UserRow, now_ms
+from .db import ACTIVE, ARCHIVED, MOVED, RoomRow, Store, UserRow
 from .matrix_state import (
     BINDING_TYPE,
     SPACE_TYPE,
@@ -222,21 +222,16 @@ def compute(
                 plan.child_links.append((space_id, room.room_id))
             elif not parent_ok:
                 plan.parent_links.append((room.room_id, space_id))
-        row = RoomRow(
-            room_id=room.room_id,
-            owner=binding.owner,
+        row = binding.room_row(
+            room.room_id,
+            title,
             space_id=space_id,
-            agent_id=binding.agent_id,
-            chat_id=binding.chat_id,
-            title=title,
-            context_start=binding.context_start,
-            share_memory=binding.share_memory,
             state=state,
             moved_to=moved_to,
-            last_event_id=old.last_event_id if old else None,
-            last_event_ts=old.last_event_ts if old else 0,
-            created_at=old.created_at if old else (create or {}).get("origin_server_ts", now_ms()),
+            created_at=old.created_at if old else (create or {}).get("origin_server_ts"),
         )
+        if old is not None:
+            row.last_event_id, row.last_event_ts = old.last_event_id, old.last_event_ts
         if state == ACTIVE:
             plan.managed_rooms += 1
         if old is None:
@@ -385,21 +380,5 @@ class Reconciler:
         if binding.space_id:
             await link_child(self.client, binding.space_id, new_room, self.server_name)
             await link_parent(self.client, new_room, binding.space_id, self.server_name)
-        plan.rooms.append(
-            RoomRow(
-                room_id=new_room,
-                owner=binding.owner,
-                space_id=binding.space_id,
-                agent_id=binding.agent_id,
-                chat_id=binding.chat_id,
-                title=title,
-                context_start=binding.context_start,
-                share_memory=binding.share_memory,
-                state=ACTIVE,
-                moved_to=None,
-                last_event_id=None,
-                last_event_ts=0,
-                created_at=now_ms(),
-            )
-        )
+        plan.rooms.append(binding.room_row(new_room, title, space_id=binding.space_id))
         plan.recovered += 1

@@ -17,7 +17,7 @@ from mautrix.errors import MatrixError, MForbidden, MNotFound
 from mautrix.types import EventType, Membership, MessageType, RoomCreatePreset
 
 from .config import AgentSettings, Settings
-from .db import ACTIVE, ARCHIVED, RoomRow, Store, now_ms
+from .db import ACTIVE, ARCHIVED, RoomRow, Store
 from .matrix_state import Binding, MatrixRecord, SpaceRecord, new_chat_id
 
 # Room version 12 gives the creator (the bot) unlimited power, so the bot is never listed.
@@ -73,17 +73,6 @@ def space_power_levels(owner: str) -> dict[str, Any]:
 def room_power_levels(owner: str) -> dict[str, Any]:
     """In a working room the owner may also rename it and set its topic and avatar."""
     return _power_levels(owner, _NAMING_STATE)
-
-
-def binding_for(room: RoomRow) -> Binding:
-    return Binding(
-        owner=room.owner,
-        space_id=room.space_id,
-        agent_id=room.agent_id,
-        chat_id=room.chat_id,
-        context_start=room.context_start,
-        share_memory=room.share_memory,
-    )
 
 
 def find_agent(settings: Settings, word: str) -> AgentSettings | None:
@@ -257,7 +246,7 @@ class Spaces:
                 continue
             try:
                 await self.link_room(space_id, room.room_id, old_space_id=room.space_id)
-                moved = binding_for(room)
+                moved = Binding.of_room(room)
                 moved.space_id = space_id
                 await self.record.write_binding(room.room_id, moved)
             except MatrixError as e:
@@ -333,23 +322,10 @@ class Spaces:
             initial_state=initial_state,
             power_level_override=room_power_levels(owner),
         )
-        row = RoomRow(
-            room_id=room_id,
-            owner=owner,
-            space_id=space_id,
-            agent_id=agent_id,
-            chat_id=new_chat_id(),
-            title=title,
-            context_start=None,
-            share_memory=True,
-            state=ACTIVE,
-            moved_to=None,
-            last_event_id=None,
-            last_event_ts=0,
-            created_at=now_ms(),
-        )
+        binding = Binding(owner=owner, space_id=space_id, agent_id=agent_id, chat_id=new_chat_id())
+        row = binding.room_row(room_id, title, space_id=space_id)
         try:
-            await self.record.write_binding(room_id, binding_for(row))
+            await self.record.write_binding(room_id, binding)
             await self.link_room(space_id, room_id)
             # Invited last, so that a failure before leaves the owner no empty room to join.
             await self.client.invite_user(room_id, owner)
@@ -397,7 +373,7 @@ class Spaces:
         return await self.create_room(owner, space_id, agent_id, title)
 
     async def set_agent(self, room: RoomRow, agent_id: str) -> None:
-        binding = binding_for(room)
+        binding = Binding.of_room(room)
         binding.agent_id = agent_id
         await self.record.write_binding(room.room_id, binding)
         await self.store.set_room_agent(room.room_id, agent_id)
