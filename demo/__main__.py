@@ -185,12 +185,9 @@ class Demo:
         if text not in reply.body:
             raise StepFailed(f"the echo agent did not echo the message: {reply.body!r}")
         if streamed:
-            how = (
-                f"streamed: the reply was edited {reply.edits} time(s) as it grew"
-                if reply.edits
-                else "sent in one piece (the agent's whole answer came at once)"
-            )
-            self.out.note(how)
+            if not reply.edits:
+                raise StepFailed("the reply came in one piece: it was not streamed")
+            self.out.note(f"streamed: the reply was edited {reply.edits} time(s) as it grew")
         return reply
 
     async def memory_and_context(self, room_id: str) -> None:

@@ -17,12 +17,12 @@ from typing import Any
 from attrs import define, field
 from maubot.matrix import MaubotMatrixClient, MaubotMessageEvent
 from mautrix.api import Method, Path
-from mautrix.types import MessageEvent, PaginationDirection
+from mautrix.types import MessageEvent, PaginationDirection, SerializerError
 from mautrix.util.logging import TraceLogger
 
-from . import access
 from .config import Settings
 from .db import RoomRow, Store
+from .dispatch import is_agent_message
 from .matrix_state import fresh_initial_sync
 
 PAGE_SIZE = 100
@@ -73,6 +73,11 @@ def _reply_target(content: dict[str, Any]) -> str | None:
     return target if isinstance(target, str) else None
 
 
+def is_agent_reply(content: dict[str, Any]) -> bool:
+    """An agent's answer: the bot's text reply. Failure notices and command replies are notices."""
+    return content.get("msgtype") == "m.text" and _reply_target(content) is not None
+
+
 def resolve(events: list[dict[str, Any]], bot_id: str) -> Timeline:
     timeline = Timeline(events=events)
     for ev in events:
@@ -108,18 +113,13 @@ class CatchUp:
 
     def is_user_message(self, ev: dict[str, Any], room: RoomRow) -> bool:
         """A message the live handler would have sent to the agent."""
-        settings = self.settings()
-        content = ev.get("content") or {}
-        body = content.get("body")
-        return (
-            ev.get("type") == "m.room.message"
-            and access.may_act_in_room(settings, room.owner, ev.get("sender", ""))
-            and ev.get("sender") != self.client.mxid
-            and content.get("msgtype") == "m.text"
-            and isinstance(body, str)
-            and not body.startswith(f"!{settings.command_prefix}")
-            and _relation(content).get("rel_type") != "m.replace"
-        )
+        if ev.get("type") != "m.room.message" or ev.get("sender") == self.client.mxid:
+            return False
+        try:
+            evt = MessageEvent.deserialize(ev)
+        except SerializerError:
+            return False
+        return is_agent_message(evt, room, self.settings())
 
     async def run(self) -> CatchUpReport:
         report = CatchUpReport()
@@ -235,10 +235,17 @@ class CatchUp:
             evt = MaubotMessageEvent(MessageEvent.deserialize(ev), self.client)
             if await self.submit(evt):
                 report.answered += 1
-        if timeline.events:
-            newest = timeline.events[-1]
+        # The cursor moves past what is settled here. Submitted messages move it themselves
+        # once answered, so one still queued at a stop is found again by the next catch-up.
+        first_submitted = fresh[0].get("origin_server_ts", 0) if fresh else None
+        settled = [
+            ev
+            for ev in timeline.events
+            if first_submitted is None or ev.get("origin_server_ts", 0) < first_submitted
+        ]
+        if settled:
             await self.store.set_room_cursor(
-                room.room_id, newest["event_id"], newest.get("origin_server_ts", 0)
+                room.room_id, settled[-1]["event_id"], settled[-1].get("origin_server_ts", 0)
             )
 
     async def _rebuild(
@@ -256,7 +263,7 @@ class CatchUp:
         for ev in timeline.events:
             if ev["event_id"] in users:
                 turns.append((ev["event_id"], "user", ev["content"]["body"]))
-            elif ev.get("sender") == self.client.mxid and _reply_target(ev.get("content") or {}):
+            elif ev.get("sender") == self.client.mxid and is_agent_reply(ev.get("content") or {}):
                 if _reply_target(ev["content"]) in users:
                     turns.append((ev["event_id"], "assistant", timeline.final_text[ev["event_id"]]))
         kept: list[tuple[str | None, str, str]] = []

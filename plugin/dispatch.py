@@ -65,6 +65,8 @@ class Job:
     turn_id: int | None = None
     # The per-minute limit was exceeded when the message arrived.
     over_quota: bool = False
+    # The room has seen the outcome (answer or notice); only bookkeeping remains.
+    shown: bool = False
 
 
 @define
@@ -191,6 +193,20 @@ class ReplyStream:
             await self.dispatcher.send(self.target.room_id, edit_content(self.event_id, content))
 
 
+def is_agent_message(evt: MessageEvent, room: RoomRow, settings: Settings) -> bool:
+    """A text message for the room's agent: from its owner or an admin, no command, no edit.
+
+    The live handler and the startup catch-up both decide with this, so they agree.
+    """
+    content = evt.content
+    if content.msgtype != MessageType.TEXT or content.get_edit():
+        return False
+    words = (content.body or "").split(maxsplit=1)
+    if words and words[0] == f"!{settings.command_prefix}":
+        return False
+    return room.state == ACTIVE and access.may_act_in_room(settings, room.owner, evt.sender)
+
+
 class Dispatcher:
     def __init__(
         self,
@@ -255,19 +271,10 @@ class Dispatcher:
 
     async def accepts(self, evt: MessageEvent) -> bool:
         """Whether an event is a message for the room's agent."""
-        content = evt.content
-        if evt.sender == self.client.mxid or content.msgtype != MessageType.TEXT:
-            return False
-        if content.get_edit():
-            return False
-        settings = self.settings()
-        words = (content.body or "").split(maxsplit=1)
-        if words and words[0] == f"!{settings.command_prefix}":
+        if evt.sender == self.client.mxid:
             return False
         room = await self.store.get_room(evt.room_id)
-        if room is None or room.state != ACTIVE:
-            return False
-        return access.may_act_in_room(settings, room.owner, evt.sender)
+        return room is not None and is_agent_message(evt, room, self.settings())
 
     async def submit(self, evt: MessageEvent) -> bool:
         """Claims an event and queues it on its room's FIFO. False if it was already handled."""
@@ -295,6 +302,10 @@ class Dispatcher:
 
     async def retry(self, room: RoomRow, evt: MessageEvent) -> None:
         """Queues the last unanswered user turn again, or the last one if all have answers."""
+        if any(not job.shown for job in self._queues.get(room.room_id, ())):
+            raise UsageError(
+                "An answer is still on its way in this room: retry once it has arrived."
+            )
         user_turns = [t for t in await self.store.turns(room.room_id) if t.role == USER]
         if not user_turns:
             raise UsageError("Nothing to retry: this room's context has no message yet.")
@@ -370,7 +381,7 @@ class Dispatcher:
             )
             return
         turn = await self.context.user_turn(room.room_id, job.event.event_id, job.text)
-        await self._answer(room, turn, job.sender, target, settings)
+        await self._answer(job, room, turn, target, settings)
 
     async def _answer_retry(self, job: Job, room: RoomRow, settings: Settings) -> None:
         turn = next((t for t in await self.store.turns(room.room_id) if t.id == job.turn_id), None)
@@ -385,10 +396,10 @@ class Dispatcher:
             await self.store.delete_turns_after(room.room_id, turn.id)
             await self.store.set_turn_answered(turn.id, False)
         target = ReplyTarget.of(job.event, turn.event_id or job.event.event_id)
-        await self._answer(room, turn, job.sender, target, settings)
+        await self._answer(job, room, turn, target, settings)
 
     async def _answer(
-        self, room: RoomRow, turn: TurnRow, sender: str, target: ReplyTarget, settings: Settings
+        self, job: Job, room: RoomRow, turn: TurnRow, target: ReplyTarget, settings: Settings
     ) -> None:
         agent = settings.agents.get(room.agent_id)
         prefix = settings.command_prefix
@@ -409,17 +420,19 @@ class Dispatcher:
                 f"did not go to the agent. It is kept: send `!{prefix} retry` tomorrow (UTC).",
             )
             return
-        request = await self.context.request_for(room, agent, turn, sender)
+        request = await self.context.request_for(room, agent, turn, job.sender)
         stream = ReplyStream(self, target, settings)
         try:
             text = await self._call(agent, request, settings, stream.add)
             await stream.finish()
+            job.shown = True
         except BackendError as e:
             self._failed(agent, room.room_id, e)
             await stream.fail(
                 f"⚠️ {agent.name} failed: {e.describe()}. Your message is kept; "
                 f"send `!{prefix} retry` to try again."
             )
+            job.shown = True
             return
         except MatrixRequestError as e:
             # The answer could not be shown, so the turn stays unanswered for a retry.

@@ -189,7 +189,7 @@ dt {{ font-weight: 600; }} dd {{ margin: 0; }}
 table {{ border-collapse: collapse; width: 100%; background: #fff; font-size: .9rem; }}
 th, td {{ text-align: left; padding: .35rem .6rem; border-bottom: 1px solid #e3e6eb; }}
 th {{ background: #eef0f4; }}
-td {{ word-break: break-all; }}
+td {{ overflow-wrap: anywhere; }}
 .empty {{ color: #667; font-style: italic; }}
 </style>
 </head>

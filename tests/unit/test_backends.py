@@ -153,14 +153,16 @@ async def test_http_backend_sends_history_when_asked_and_streams_deltas(
     ]
 
 
-async def test_echo_answers_with_the_message_and_context_size(
+async def test_echo_streams_the_message_and_context_size(
     http: aiohttp.ClientSession,
 ) -> None:
     echo = AgentSettings(id="echo", name="Echo", description="", backend="echo")
 
-    (reply,) = await collect(echo, http, "ping")
+    chunks = await collect(echo, http, "ping pong")
 
-    assert reply.startswith("ping")
+    reply = "".join(chunks)
+    assert len(chunks) > 3, "echo streams word by word"
+    assert reply.startswith("ping pong")
     assert "3 turns, ~42 tokens, 1 memory entries" in reply
 
 

@@ -246,3 +246,9 @@ def test_parse_settings_expands_server_in_patterns() -> None:
     data["access"]["admins"] = ["@admin:{server}"]
     settings = parse_settings(data, "example.org")
     assert settings.admins == ("@admin:example.org",)
+
+
+def test_the_readme_documents_every_key() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    missing = [key for key in CONFIG_KEYS if f"| `{key}` |" not in readme]
+    assert not missing, f"README.md's configuration reference lacks {missing}"

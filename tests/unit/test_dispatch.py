@@ -13,6 +13,7 @@ from mautrix.errors import MLimitExceeded
 
 from plugin import dispatch
 from plugin.backends.base import AgentRequest, BackendServerError
+from plugin.commands import UsageError
 from plugin.matrix_state import BINDING_TYPE, STREAMING_KEY
 from tests.fakes.plugin_parts import Parts, make_event, make_parts, room_row
 
@@ -364,3 +365,16 @@ async def test_stop_unclaims_what_was_not_answered(parts: Parts, backend: Script
         assert not await parts.store.is_processed(evt.event_id)
     assert await parts.dispatcher.submit(events[0]) is False, "nothing is claimed after stop"
     assert not await parts.store.is_processed(events[0].event_id)
+
+
+async def test_retry_waits_for_the_answer_on_its_way(
+    parts: Parts, backend: ScriptedBackend
+) -> None:
+    backend.gap = 0.2
+    await parts.dispatcher.on_message(make_event(ROOM, "hello"))
+    room = await parts.store.get_room(ROOM)
+
+    with pytest.raises(UsageError, match="still on its way"):
+        await parts.dispatcher.retry(room, make_event(ROOM, "!ai retry"))
+    await settle(parts)
+    assert len(backend.calls) == 1
