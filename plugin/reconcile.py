@@ -42,13 +42,12 @@ _STATE_TYPES = [
     "m.space.child",
     "m.space.parent",
 ]
-# Synapse answers an initial sync with timeline limit 0 with no rooms at all, and a timeline
-# filtered by type makes the state section stale. So: one unfiltered timeline event per room,
-# whose state (if any) completes the state section, which holds the state before the timeline.
+# No timeline: the state section then holds the current state (with a timeline it holds the state
+# before the timeline, which is why any timeline state events are applied on top of it anyway).
 SYNC_FILTER = {
     "room": {
         "include_leave": True,
-        "timeline": {"limit": 1},
+        "timeline": {"limit": 0},
         "state": {"types": _STATE_TYPES, "lazy_load_members": False},
         "account_data": {"types": [BINDING_TYPE, SPACE_TYPE]},
         "ephemeral": {"types": []},

@@ -122,4 +122,4 @@ async def bot(
     prober = await make_user("prober")
     deployment = await deploy(maubot_server, synapse, mbp, prober)
     yield deployment
-    await maubot_server.delete_instance(deployment.instance_id)
+    await maubot_server.retire(deployment.bot_id, deployment.instance_id)

@@ -126,7 +126,7 @@ async def setup(maubot_server: MaubotServer, synapse: Synapse, mbp: Path) -> Asy
     room_id = await alice.create_room(invite=[bot.bot_id])
     await alice.wait_for_membership(room_id, bot.bot_id, "join")
     yield Setup(bot, alice, room_id)
-    await maubot_server.delete_instance(bot.instance_id)
+    await maubot_server.retire(bot.bot_id, bot.instance_id)
     await alice.close()
     await prober.close()
 

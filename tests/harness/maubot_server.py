@@ -186,14 +186,20 @@ class MaubotServer:
             },
         )
 
+    async def retire(self, user_id: str, instance_id: str) -> None:
+        """Disables an instance and its client, so that neither runs again, even at a restart.
+
+        Not a DELETE: maubot 0.6 stops a deleted instance's Postgres database twice, and the
+        second stop waits 3 s for connections that are already drained.
+        """
+        await self.put_instance(instance_id, enabled=False)
+        await self._request("PUT", f"/client/{user_id}", json={"enabled": False, "started": False})
+
     async def put_instance(self, instance_id: str, **fields: Any) -> dict:
         return await self._request("PUT", f"/instance/{instance_id}", json=fields)
 
     async def get_instance(self, instance_id: str) -> dict:
         return await self._request("GET", f"/instance/{instance_id}")
-
-    async def delete_instance(self, instance_id: str) -> None:
-        await self._request("DELETE", f"/instance/{instance_id}")
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
