@@ -32,6 +32,7 @@ from plugin.reconcile import Reconciler  # noqa: E402
 
 BOT = "@bot:bench"
 log = logging.getLogger("bench")
+logging.basicConfig(level=logging.INFO, format="%(name)s %(message)s")
 
 
 async def no_invites(room_id: str, inviter: str, is_direct: bool, encrypted: bool) -> None:

@@ -320,7 +320,7 @@ class Reconciler:
             await self.store.apply_reconciliation(plan.rooms, plan.users)
             for invite in view.invites:
                 report.errors += await self._guarded(
-                    f"the invite to {invite.room_id}",
+                    f"handling the invite to {invite.room_id}",
                     self.on_invite(
                         invite.room_id, invite.inviter, invite.is_direct, invite.encrypted
                     ),
@@ -336,11 +336,12 @@ class Reconciler:
             return report
 
     async def _guarded(self, what: str, step: Awaitable[None]) -> int:
-        """Runs one repair; a room that errors must not stop the others. Returns errors."""
+        """Runs one step; a room that errors must not stop the others. Returns errors."""
+        self.log.info(f"Reconciliation: {what}")
         try:
             await step
         except Exception as e:
-            self.log.warning(f"Reconciliation could not repair {what}: {e}")
+            self.log.warning(f"Reconciliation failed {what}: {e}")
             return 1
         return 0
 
@@ -349,21 +350,21 @@ class Reconciler:
         via = self.server_name
         for room_id, binding in plan.binding_writes:
             errors += await self._guarded(
-                f"the binding of {room_id}", self.record.write_binding(room_id, binding)
+                f"writing the binding of {room_id}", self.record.write_binding(room_id, binding)
             )
         for space_id, room_id in plan.child_links:
             errors += await self._guarded(
-                f"the child link {space_id} -> {room_id}",
+                f"restoring the child link {space_id} -> {room_id}",
                 link_child(self.client, space_id, room_id, via),
             )
         for room_id, space_id in plan.parent_links:
             errors += await self._guarded(
-                f"the parent link {room_id} -> {space_id}",
+                f"restoring the parent link {room_id} -> {space_id}",
                 link_parent(self.client, room_id, space_id, via),
             )
         for new_room, binding in plan.moves:
             errors += await self._guarded(
-                f"the move to {new_room}", self._follow(new_room, binding, plan)
+                f"following the move to {new_room}", self._follow(new_room, binding, plan)
             )
         return errors
 

@@ -55,11 +55,18 @@ class MatrixUser:
 
     # HTTP
 
-    async def request(self, method: str, path: str, body: Any = None, **query: Any) -> Any:
+    async def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        prefix: str = "/_matrix/client/v3",
+        **query: Any,
+    ) -> Any:
         for _ in range(10):
             async with self.http.request(
                 method,
-                f"{self.url}/_matrix/client/v3{path}",
+                f"{self.url}{prefix}{path}",
                 json=body,
                 params={k: v for k, v in query.items() if v is not None},
                 headers={"Authorization": f"Bearer {self.token}"},
