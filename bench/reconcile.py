@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,17 +21,13 @@ from mautrix.client import Client
 from mautrix.types import UserID
 from mautrix.util.async_db import Database
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from plugin.db import Store  # noqa: E402
-from plugin.matrix_state import BINDING_TYPE, SPACE_TYPE, MatrixRecord, new_chat_id  # noqa: E402
-from plugin.migrations import upgrade_table  # noqa: E402
-from plugin.reconcile import Reconciler  # noqa: E402
+from plugin.db import Store
+from plugin.matrix_state import BINDING_TYPE, SPACE_TYPE, MatrixRecord, new_chat_id
+from plugin.migrations import upgrade_table
+from plugin.reconcile import Reconciler
 
 BOT = "@bot:bench"
 log = logging.getLogger("bench")
-logging.basicConfig(level=logging.INFO, format="%(name)s %(message)s")
 
 
 async def no_invites(room_id: str, inviter: str, is_direct: bool, encrypted: bool) -> None:

@@ -42,8 +42,8 @@ _STATE_TYPES = [
     "m.space.child",
     "m.space.parent",
 ]
-# No timeline: the state section then holds the current state (with a timeline it holds the state
-# before the timeline, which is why any timeline state events are applied on top of it anyway).
+# No timeline: the state section then holds the current state, and Synapse answers much faster
+# (measured in bench/reconcile.py). Any timeline state events would be applied on top of it.
 SYNC_FILTER = {
     "room": {
         "include_leave": True,

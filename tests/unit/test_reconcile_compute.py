@@ -213,3 +213,27 @@ def test_parse_sync_reads_rooms_account_data_and_invites() -> None:
     assert [(i.room_id, i.inviter, i.is_direct, i.encrypted) for i in view.invites] == [
         ("!c:hs", OWNER, True, True)
     ]
+
+
+def test_parse_sync_applies_the_timelines_state_on_top_of_the_state_section() -> None:
+    def ev(key: str, via: list[str]) -> dict:
+        return {"type": "m.space.child", "state_key": key, "sender": BOT, "content": {"via": via}}
+
+    data = {
+        "rooms": {
+            "join": {
+                SPACE: {
+                    "state": {"events": [ev("!a:hs", ["hs"]), ev("!b:hs", ["hs"])]},
+                    "timeline": {
+                        "events": [
+                            ev("!b:hs", []),
+                            {"type": "m.room.message", "sender": OWNER, "content": {"body": "x"}},
+                        ]
+                    },
+                }
+            }
+        }
+    }
+    space = parse_sync(data, BOT).rooms[SPACE]
+    assert space.content("m.space.child", "!a:hs") == {"via": ["hs"]}
+    assert space.content("m.space.child", "!b:hs") == {"via": []}
