@@ -141,14 +141,7 @@ class ContextManager:
         if binding is not None:
             return binding
         # The DB row mirrors the binding; writing it back restores the Matrix record.
-        return Binding(
-            owner=room.owner,
-            space_id=room.space_id,
-            agent_id=room.agent_id,
-            chat_id=room.chat_id,
-            context_start=room.context_start,
-            share_memory=room.share_memory,
-        )
+        return Binding.of_room(room)
 
     async def start_new(self, room: RoomRow, context_start: str, summary: str = "") -> str:
         """Mints a chat id and empties the history: the binding in Matrix first, then the DB.

@@ -47,21 +47,10 @@ def unauthorized() -> web.Response:
     )
 
 
-def queue_depth(plugin: AgentSpacesBot) -> int:
-    # The dispatcher may not exist yet while the instance starts.
-    dispatcher = getattr(plugin, "dispatcher", None)
-    if dispatcher is None:
-        return 0
-    try:
-        return int(dispatcher.queue_depth())
-    except Exception:
-        return 0
-
-
 async def metrics_page(plugin: AgentSpacesBot, request: web.Request) -> web.Response:
     if not authorized(request, plugin.settings.web_token):
         return unauthorized()
-    body = plugin.metrics.render(queue_depth(plugin))
+    body = plugin.metrics.render(plugin.dispatcher.queue_depth())
     return web.Response(
         body=body.encode(), headers={"Content-Type": PROMETHEUS_TYPE, **_SECURITY_HEADERS}
     )
@@ -81,7 +70,7 @@ async def render_status(plugin: AgentSpacesBot) -> str:
     metrics = plugin.metrics
     users = await plugin.store.all_users()
     rooms = await plugin.store.all_rooms()
-    report = getattr(plugin, "last_report", None)
+    report = plugin.last_report
     rooms_by_owner: dict[str, int] = {}
     for room in rooms:
         if room.state == ACTIVE:
@@ -94,8 +83,8 @@ async def render_status(plugin: AgentSpacesBot) -> str:
         ("Bot", plugin.client.mxid),
         ("Users", str(len(users))),
         ("Rooms", ", ".join(f"{n} {state}" for state, n in sorted(states.items())) or "0"),
-        ("Queue depth", str(queue_depth(plugin))),
-        ("Last reconciliation", _report_summary(report)),
+        ("Queue depth", str(plugin.dispatcher.queue_depth())),
+        ("Last reconciliation", report.summary() if report else "not run yet"),
         ("Messages in / out", f"{metrics.messages_in} / {metrics.messages_out}"),
     ]
     agents = [
@@ -139,15 +128,6 @@ async def render_status(plugin: AgentSpacesBot) -> str:
         ),
         errors=_table(("When", "Kind", "Message"), errors, empty="No errors."),
     )
-
-
-def _report_summary(report: Any) -> str:
-    if report is None:
-        return "not run yet"
-    try:
-        return str(report.summary())
-    except Exception as e:
-        return f"(could not summarize the report: {type(e).__name__})"
 
 
 def _when(timestamp: float) -> str:

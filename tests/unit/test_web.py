@@ -51,13 +51,15 @@ def fake_plugin(**extra: object) -> SimpleNamespace:
         "idle": AgentSettings(id="idle", name="Idle", description="", backend="echo"),
     }
     settings = SimpleNamespace(agents=agents, default_agent="echo", web_token="tok-123")
-    return SimpleNamespace(
-        settings=settings,
-        metrics=metrics,
-        store=FakeStore(),
-        client=SimpleNamespace(mxid="@bot:example.org"),
-        **extra,
-    )
+    parts: dict[str, object] = {
+        "settings": settings,
+        "metrics": metrics,
+        "store": FakeStore(),
+        "client": SimpleNamespace(mxid="@bot:example.org"),
+        "last_report": None,
+        "dispatcher": SimpleNamespace(queue_depth=lambda: 0),
+    }
+    return SimpleNamespace(**{**parts, **extra})
 
 
 async def test_status_shows_everything_escaped() -> None:
