@@ -18,8 +18,8 @@ from typing import Any
 
 import aiohttp
 from attrs import define
-from mautrix.errors import MatrixRequestError, MLimitExceeded
-from mautrix.types import EventType, MessageEvent, MessageType
+from mautrix.errors import MatrixRequestError
+from mautrix.types import MessageEvent, MessageType
 from mautrix.util import markdown
 
 from . import access
@@ -35,6 +35,7 @@ from .commands import UsageError
 from .config import AgentSettings, Settings
 from .context import ASSISTANT, COMPACT_PROMPT, USER, ContextManager, estimate_tokens
 from .db import ACTIVE, RoomRow, Store, TurnRow
+from .matrix_send import MatrixSender, RateLimited
 from .matrix_state import STREAMING_KEY
 from .metrics import Metrics
 from .quota import Quota
@@ -219,8 +220,10 @@ class Dispatcher:
         settings: Callable[[], Settings],
         http: aiohttp.ClientSession,
         log: logging.Logger,
+        sender: MatrixSender | None = None,
     ) -> None:
         self.client = client
+        self.sender = sender or MatrixSender(client)
         self.store = store
         self.context = context
         self.quota = quota
@@ -530,13 +533,11 @@ class Dispatcher:
     # Matrix
 
     async def send(self, room_id: str, content: dict[str, Any]) -> str:
-        """Sends one message event, waiting out the homeserver's rate limit."""
+        """Sends one message event, waiting out the homeserver's rate limit as it asks."""
         for attempt in range(1, MATRIX_SEND_TRIES + 1):
             try:
-                event_id = await self.client.send_message_event(
-                    room_id, EventType.ROOM_MESSAGE, content
-                )
-            except MLimitExceeded as e:
+                event_id = await self.sender.send(room_id, content)
+            except RateLimited as e:
                 if attempt == MATRIX_SEND_TRIES:
                     raise
                 wait_ms = _retry_after_ms(e, attempt)
@@ -570,10 +571,9 @@ class Dispatcher:
             await self._notice(target, text)
 
 
-def _retry_after_ms(error: MLimitExceeded, attempt: int) -> int:
-    # mautrix drops the response body, so retry_after_ms is read when present and a growing
-    # wait is used otherwise.
-    value = getattr(error, "retry_after_ms", None)
-    if isinstance(value, int | float) and value >= 0:
+def _retry_after_ms(error: RateLimited, attempt: int) -> int:
+    # The homeserver's own wait when it names one (see matrix_send), else a growing wait.
+    value = error.retry_after_ms
+    if value is not None and value >= 0:
         return int(min(value, MAX_MATRIX_RETRY_MS))
     return min(DEFAULT_MATRIX_RETRY_MS * 2 ** (attempt - 1), MAX_MATRIX_RETRY_MS)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any
 from urllib.parse import quote
 
@@ -33,4 +34,13 @@ async def test_rate_limited_replies_are_sent_again(bot: Deployment, make_user: A
     replies = [await alice.wait_for_reply(room, ev, bot.bot_id, timeout=60) for ev in sent]
     assert [r.body.split("\n")[0] for r in replies] == ["limited 0", "limited 1", "limited 2"]
     assert all("(context:" in r.body for r in replies), "each final reply is complete"
-    assert "Rate limited sending to" in bot.server.log_text()
+    # The waits are the homeserver's retry_after_ms (under a second at one event a second), not
+    # the fallback's whole seconds.
+    waits = [
+        int(ms)
+        for ms in re.findall(
+            r"Rate limited sending to \S+; retrying in (\d+) ms", bot.server.log_text()
+        )
+    ]
+    assert waits, "the homeserver never rate-limited the bot"
+    assert all(w <= 1000 for w in waits) and any(w != 1000 for w in waits), waits

@@ -22,6 +22,7 @@ from plugin.config import Settings, parse_settings
 from plugin.context import ContextManager
 from plugin.db import ACTIVE, RoomRow, Store, now_ms
 from plugin.dispatch import Dispatcher
+from plugin.matrix_send import MatrixSender, RateLimited
 from plugin.matrix_state import MatrixRecord, new_chat_id
 from plugin.metrics import Metrics
 from plugin.migrations import upgrade_table
@@ -55,6 +56,16 @@ class Sent:
     room_id: str
     event_id: str
     content: dict[str, Any]
+
+
+class FakeSender(MatrixSender):
+    """Sends through the fake client, whose rate limit names its wait like a homeserver's."""
+
+    async def send(self, room_id: str, content: dict[str, Any]) -> str:
+        try:
+            return await self.client.send_message_event(room_id, EventType.ROOM_MESSAGE, content)
+        except MLimitExceeded as e:
+            raise RateLimited(getattr(e, "retry_after_ms", None)) from e
 
 
 @define
@@ -201,6 +212,7 @@ async def make_parts(
         settings=lambda: current[0],
         http=http,  # type: ignore[arg-type]
         log=logging.getLogger("test.dispatch"),
+        sender=FakeSender(client),  # type: ignore[arg-type]
     )
     dispatcher.start()
     return Parts(db, store, client, dispatcher, context, metrics, current)

@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mautrix.errors import MLimitExceeded
 
 from plugin import dispatch
 from plugin.backends.base import AgentRequest, BackendServerError
 from plugin.commands import UsageError
+from plugin.matrix_send import RateLimited
 from plugin.matrix_state import BINDING_TYPE, STREAMING_KEY
 from tests.fakes.plugin_parts import Parts, make_event, make_parts, room_row
 
@@ -227,10 +227,10 @@ async def test_matrix_rate_limit_waits_retry_after_and_resends(parts: Parts) -> 
 
 
 def test_matrix_rate_limit_without_retry_after_backs_off() -> None:
-    error = MLimitExceeded(429, "Too Many Requests")
+    error = RateLimited(None)
     assert [dispatch._retry_after_ms(error, n) for n in (1, 2, 3)] == [1000, 2000, 4000]
-    error.retry_after_ms = 10**9  # type: ignore[attr-defined]
-    assert dispatch._retry_after_ms(error, 1) == dispatch.MAX_MATRIX_RETRY_MS
+    assert dispatch._retry_after_ms(RateLimited(250), 3) == 250
+    assert dispatch._retry_after_ms(RateLimited(10**9), 1) == dispatch.MAX_MATRIX_RETRY_MS
 
 
 async def test_backend_failure_gives_one_notice_and_retry_answers(
