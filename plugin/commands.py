@@ -7,7 +7,6 @@ to do.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable
 
 from attrs import define, frozen
@@ -16,6 +15,7 @@ from maubot import MessageEvent
 from . import access
 from .config import Settings
 from .db import ACTIVE, RoomRow, Store
+from .throttle import Throttle
 
 REFUSAL_INTERVAL = 60.0
 
@@ -51,7 +51,7 @@ class CommandRouter:
         self.store = store
         self.settings = settings
         self.specs: dict[str, CommandSpec] = {}
-        self._last_refusal: dict[str, float] = {}
+        self._refusals = Throttle(REFUSAL_INTERVAL)
         self.add("help", "", "Show this list of commands", self._help)
 
     def add(
@@ -82,7 +82,7 @@ class CommandRouter:
         settings = self.settings()
         sender = evt.sender
         if not access.is_allowed(settings, sender):
-            await self._refuse(evt, settings)
+            await self._refuse(evt)
             return
         room = await self.store.get_room(evt.room_id)
         if room is not None and room.state != ACTIVE:
@@ -117,13 +117,9 @@ class CommandRouter:
         if reply:
             await evt.reply(reply)
 
-    async def _refuse(self, evt: MessageEvent, settings: Settings) -> None:
-        now = time.monotonic()
-        last = self._last_refusal.get(evt.sender)
-        if last is not None and now - last < REFUSAL_INTERVAL:
-            return
-        self._last_refusal[evt.sender] = now
-        await evt.reply("Sorry, you are not allowed to use this bot.")
+    async def _refuse(self, evt: MessageEvent) -> None:
+        if self._refusals.allow(evt.sender):
+            await evt.reply("Sorry, you are not allowed to use this bot.")
 
     async def _help(self, inv: Invocation) -> str:
         prefix = inv.settings.command_prefix

@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 from .config import Settings
 from .db import Store
+from .throttle import Throttle
 
 WINDOW = 60.0
 # A user over a limit is told once per this many seconds, not once per message.
@@ -23,7 +24,7 @@ class Quota:
         self.store = store
         self.settings = settings
         self._recent: dict[str, deque[float]] = {}
-        self._last_notice: dict[tuple[str, str], float] = {}
+        self._notices = Throttle(NOTICE_INTERVAL)
 
     def admit_message(self, user_id: str, now: float | None = None) -> bool:
         """Counts a message towards the per-minute limit; False when it is over the limit."""
@@ -50,9 +51,4 @@ class Quota:
         await self.store.add_usage(user_id, today(), 1, tokens)
 
     def should_notify(self, user_id: str, kind: str, now: float | None = None) -> bool:
-        now = time.monotonic() if now is None else now
-        last = self._last_notice.get((user_id, kind))
-        if last is not None and now - last < NOTICE_INTERVAL:
-            return False
-        self._last_notice[(user_id, kind)] = now
-        return True
+        return self._notices.allow((user_id, kind), now)
