@@ -10,7 +10,7 @@ from tests.e2e.test_dispatch import openai_agent
 from tests.fakes.fixtures import openai_server  # noqa: F401
 from tests.fakes.servers import FakeOpenAI
 from tests.harness.deploy import Deployment
-from tests.harness.flows import BINDING_TYPE, bot_account_data, db_rows, onboard
+from tests.harness.flows import BINDING_TYPE, agent_room, bot_account_data, db_rows, onboard
 from tests.harness.matrix_user import MatrixUser
 
 COMPACT_PROMPT_START = "Summarise our conversation so far"
@@ -32,9 +32,8 @@ async def ask(user: MatrixUser, bot: Deployment, room: str, text: str) -> str:
 
 
 async def test_context_grows_then_is_trimmed_to_the_limit(bot: Deployment, make_user) -> None:
-    await bot.update_config({"agents": [echo_agent(limit=100)]})
     alice = await make_user("alice")
-    room = (await onboard(alice, bot)).rooms["echo"]
+    room = await agent_room(alice, bot, echo_agent(limit=100))
 
     sizes = [
         context_size(await ask(alice, bot, room, f"message {n}: " + "x" * 40)) for n in range(8)
@@ -76,11 +75,8 @@ async def test_compact_and_retry(
     make_user,
     openai_server: FakeOpenAI,  # noqa: F811
 ) -> None:
-    await bot.update_config(
-        {"agents": [openai_agent(openai_server, stream=False)], "default_agent": "assistant"}
-    )
     alice = await make_user("alice")
-    room = (await onboard(alice, bot)).rooms["assistant"]
+    room = await agent_room(alice, bot, openai_agent(openai_server, stream=False))
     await ask(alice, bot, room, "my name is Alice")
     last = await alice.send_text(room, "I live in Lyon")
     await alice.wait_for_reply(room, last, bot.bot_id)

@@ -10,7 +10,7 @@ import pytest
 from tests.fakes.fixtures import agent_server, openai_server  # noqa: F401
 from tests.fakes.servers import Behavior, FakeAgentPlatform, FakeOpenAI
 from tests.harness.deploy import Deployment
-from tests.harness.flows import BINDING_TYPE, bot_account_data, db_rows, onboard
+from tests.harness.flows import BINDING_TYPE, agent_room, bot_account_data, db_rows, onboard
 from tests.harness.matrix_user import STREAMING_KEY
 
 SECRET = "sk-e2e-secret-4242"
@@ -44,15 +44,10 @@ async def test_streamed_reply_is_edited_until_complete(
     make_user,
     openai_server: FakeOpenAI,  # noqa: F811
 ) -> None:
-    await bot.update_config(
-        {
-            "agents": [openai_agent(openai_server)],
-            "default_agent": "assistant",
-            "dispatch.edit_interval": 0.2,
-        }
-    )
     alice = await make_user("alice")
-    room = (await onboard(alice, bot)).rooms["assistant"]
+    room = await agent_room(
+        alice, bot, openai_agent(openai_server), {"dispatch.edit_interval": 0.2}
+    )
     answer = "Here is **bold** advice, streamed in six chunks to the room."
     openai_server.script(Behavior(reply=answer, chunks=6, chunk_delay=0.3))
 
@@ -81,11 +76,8 @@ async def test_five_quick_messages_are_answered_in_order(
     db_kind: str,
     request: pytest.FixtureRequest,
 ) -> None:
-    await bot.update_config(
-        {"agents": [openai_agent(openai_server, stream=False)], "default_agent": "assistant"}
-    )
     alice = await make_user("alice")
-    room = (await onboard(alice, bot)).rooms["assistant"]
+    room = await agent_room(alice, bot, openai_agent(openai_server, stream=False))
     openai_server.default = Behavior(delay=0.2)
 
     event_ids = [await alice.send_text(room, f"message {n}") for n in range(5)]
@@ -143,11 +135,8 @@ async def test_http_agent_gets_the_rooms_chat_id_and_answers_in_the_thread(
     make_user,
     agent_server: FakeAgentPlatform,  # noqa: F811
 ) -> None:
-    await bot.update_config(
-        {"agents": [http_agent(agent_server, send_history=True)], "default_agent": "platform"}
-    )
     alice = await make_user("alice")
-    room = (await onboard(alice, bot)).rooms["platform"]
+    room = await agent_room(alice, bot, http_agent(agent_server, send_history=True))
     agent_server.script(Behavior(), Behavior(chunks=4, chunk_delay=0.1))
 
     root = await alice.send_text(room, "first question")
@@ -181,11 +170,8 @@ async def test_only_the_owners_text_messages_reach_the_agent(
     make_user,
     openai_server: FakeOpenAI,  # noqa: F811
 ) -> None:
-    await bot.update_config(
-        {"agents": [openai_agent(openai_server, stream=False)], "default_agent": "assistant"}
-    )
     alice = await make_user("alice")
-    room = (await onboard(alice, bot)).rooms["assistant"]
+    room = await agent_room(alice, bot, openai_agent(openai_server, stream=False))
     mallory = await make_user("mallory")
     await alice.invite(room, mallory.user_id)
     await mallory.join(room)

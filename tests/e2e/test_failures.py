@@ -9,7 +9,7 @@ from tests.e2e.test_dispatch import SECRET, http_agent, openai_agent
 from tests.fakes.fixtures import agent_server, openai_server  # noqa: F401
 from tests.fakes.servers import Behavior, FakeAgentPlatform, FakeOpenAI, closed_port_url
 from tests.harness.deploy import Deployment
-from tests.harness.flows import onboard
+from tests.harness.flows import agent_room, onboard
 from tests.harness.matrix_user import MatrixUser, Reply
 
 
@@ -31,9 +31,8 @@ async def test_refused_agent_then_retry_after_the_fix(
     openai_server: FakeOpenAI,  # noqa: F811
 ) -> None:
     broken = {**openai_agent(openai_server, stream=False), "base_url": closed_port_url("/v1")}
-    await bot.update_config({"agents": [broken], "default_agent": "assistant"})
     alice = await make_user("alice")
-    room = (await onboard(alice, bot)).rooms["assistant"]
+    room = await agent_room(alice, bot, broken)
 
     event_id = await alice.send_text(room, "are you there?")
     notice = await alice.wait_for_reply(room, event_id, bot.bot_id)
@@ -57,15 +56,10 @@ async def test_timeout_server_errors_and_rate_limits(
     make_user,
     openai_server: FakeOpenAI,  # noqa: F811
 ) -> None:
-    await bot.update_config(
-        {
-            "agents": [openai_agent(openai_server, stream=False)],
-            "default_agent": "assistant",
-            "dispatch.timeout": 1,
-        }
-    )
     alice = await make_user("alice")
-    room = (await onboard(alice, bot)).rooms["assistant"]
+    room = await agent_room(
+        alice, bot, openai_agent(openai_server, stream=False), {"dispatch.timeout": 1}
+    )
 
     async def notice_for(text: str, *script: Behavior) -> str:
         openai_server.script(*script)
@@ -111,15 +105,8 @@ async def test_broken_stream_closes_the_reply_with_a_notice(
     make_user,
     agent_server: FakeAgentPlatform,  # noqa: F811
 ) -> None:
-    await bot.update_config(
-        {
-            "agents": [http_agent(agent_server)],
-            "default_agent": "platform",
-            "dispatch.edit_interval": 0.1,
-        }
-    )
     alice = await make_user("alice")
-    room = (await onboard(alice, bot)).rooms["platform"]
+    room = await agent_room(alice, bot, http_agent(agent_server), {"dispatch.edit_interval": 0.1})
     agent_server.script(Behavior(reply="a b c d e f g h", chunks=8, chunk_delay=0.2, break_after=4))
 
     event_id = await alice.send_text(room, "stream please")
@@ -135,15 +122,10 @@ async def test_messages_per_minute_quota(
     make_user,
     openai_server: FakeOpenAI,  # noqa: F811
 ) -> None:
-    await bot.update_config(
-        {
-            "agents": [openai_agent(openai_server, stream=False)],
-            "default_agent": "assistant",
-            "limits.messages_per_minute": 2,
-        }
-    )
     alice = await make_user("alice")
-    room = (await onboard(alice, bot)).rooms["assistant"]
+    room = await agent_room(
+        alice, bot, openai_agent(openai_server, stream=False), {"limits.messages_per_minute": 2}
+    )
 
     for n in range(2):
         await alice.ask(room, f"message {n}", bot.bot_id)

@@ -61,6 +61,15 @@ async def onboard(user: MatrixUser, bot: Deployment, timeout: float = 30) -> Onb
     return Onboarded(space_id, rooms, control)
 
 
+async def agent_room(
+    user: MatrixUser, bot: Deployment, agent: dict[str, Any], config: dict[str, Any] | None = None
+) -> str:
+    """Makes `agent` the bot's only (and default) agent, with `config` besides, onboards the
+    user, and returns the agent's working room."""
+    await bot.update_config({"agents": [agent], "default_agent": agent["id"], **(config or {})})
+    return (await onboard(user, bot)).rooms[agent["id"]]
+
+
 async def space_children(user: MatrixUser, space_id: str) -> list[str]:
     """The Space's children as the user sees them: links the bot sent, with content."""
     state = await user.full_state(space_id)
