@@ -62,7 +62,7 @@ class AgentSpacesBot(Plugin):
         self.spaces = Spaces(self.client, self.store, self.record, lambda: self.settings, self.log)
         room_commands.register(self.router, self.spaces)
         self.membership = MembershipHandler(
-            self.client, self.store, self.spaces, lambda: self.settings, self.log
+            self.client, self.store, self.spaces, self.record, lambda: self.settings, self.log
         )
         self.reconciler = Reconciler(
             self.client, self.store, self.record, self.log, self.membership.handle_invite

@@ -15,15 +15,21 @@ from attrs import asdict, define
 from maubot.matrix import MaubotMatrixClient
 from mautrix.api import Method, Path
 from mautrix.errors import MNotFound
-from mautrix.types import EventType
+from mautrix.types import EventType, Membership, PaginationDirection, StateEvent
 
 from .db import ACTIVE, RoomRow, now_ms
 
 BINDING_TYPE = "org.agentspaces.room"
 SPACE_TYPE = "org.agentspaces.space"
+# Set once the bot has answered its invite into a room. maubot's autojoin joins invites even
+# while the plugin is stopped; a joined room without this mark is an invite nobody answered yet.
+ANSWERED_TYPE = "org.agentspaces.answered"
 SCHEMA_VERSION = 1
 # Marks a reply that is still being streamed; the last edit drops it.
 STREAMING_KEY = "org.agentspaces.streaming"
+# Membership events searched back for the bot's invite; a room joined while the plugin was
+# stopped is young, so its invite is near the end.
+_INVITE_LOOKBACK = 100
 # Fixed namespace so that a room without a chat id always gets the same one back.
 _CHAT_ID_NAMESPACE = uuid.UUID("5b0e6a8e-58a4-4f4e-9d3c-0d5f6b1f7a21")
 
@@ -151,6 +157,27 @@ class MatrixRecord:
 
     async def write_space(self, space_id: str, record: SpaceRecord) -> None:
         await self.client.set_account_data(SPACE_TYPE, record.to_content(), room_id=space_id)
+
+    async def mark_answered(self, room_id: str, inviter: str) -> None:
+        content = {"inviter": inviter, "answered_at": now_ms()}
+        await self.client.set_account_data(ANSWERED_TYPE, content, room_id=room_id)
+
+    async def find_invite(self, room_id: str) -> StateEvent | None:
+        """The bot's latest invite into a room it has joined, from the room's history."""
+        page = await self.client.get_messages(
+            room_id,
+            PaginationDirection.BACKWARD,
+            limit=_INVITE_LOOKBACK,
+            filter_json={"types": [str(EventType.ROOM_MEMBER)]},
+        )
+        for evt in page.events:
+            if (
+                isinstance(evt, StateEvent)
+                and evt.state_key == self.client.mxid
+                and evt.content.membership == Membership.INVITE
+            ):
+                return evt
+        return None
 
 
 async def link_child(client: MaubotMatrixClient, space_id: str, room_id: str, via: str) -> None:

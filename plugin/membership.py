@@ -4,6 +4,8 @@
 - An allowed user's direct-chat invite onboards them (`onboarding.on_invite`).
 - An invite into an encrypted room, when the client cannot decrypt, gets one plain notice that
   points to the user's Space.
+- An answered invite is marked in Matrix, so that a start can tell which rooms maubot's autojoin
+  joined while the plugin was stopped (see `reconcile`).
 - The owner leaving a working room archives it; the owner leaving the Space deletes nothing.
 """
 
@@ -19,6 +21,7 @@ from mautrix.types import EventType, Membership, MessageType, StateEvent
 from . import access
 from .config import Settings
 from .db import ACTIVE, Store
+from .matrix_state import MatrixRecord
 from .spaces import Spaces
 
 _GONE = (Membership.LEAVE, Membership.BAN)
@@ -30,12 +33,14 @@ class MembershipHandler:
         client: MaubotMatrixClient,
         store: Store,
         spaces: Spaces,
+        record: MatrixRecord,
         settings: Callable[[], Settings],
         log: Logger,
     ) -> None:
         self.client = client
         self.store = store
         self.spaces = spaces
+        self.record = record
         self.settings = settings
         self.log = log
         # Rooms already told that the bot cannot read encryption, so the notice comes once.
@@ -73,12 +78,21 @@ class MembershipHandler:
         except MatrixError as e:
             self.log.warning(f"Could not join {room_id} after the invite of {inviter}: {e}")
             return
+        if await self._greet(room_id, inviter, is_direct, encrypted):
+            try:
+                await self.record.mark_answered(room_id, inviter)
+            except MatrixError as e:
+                self.log.warning(f"Could not mark the invite to {room_id} as answered: {e}")
+
+    async def _greet(self, room_id: str, inviter: str, is_direct: bool, encrypted: bool) -> bool:
+        """Sends what a joined invite calls for. False when that failed: the next start retries."""
+        settings = self.settings()
         cannot_read = encrypted and self.client.crypto is None
         if cannot_read and room_id in self._encryption_noticed:
-            return
+            return True
         onboard = settings.on_invite and (is_direct or cannot_read)
         if not onboard and not cannot_read:
-            return
+            return True
         parts: list[str] = []
         if cannot_read:
             self._encryption_noticed.add(room_id)
@@ -95,6 +109,8 @@ class MembershipHandler:
             await self.client.send_markdown(room_id, "\n\n".join(parts), msgtype=MessageType.NOTICE)
         except MatrixError as e:
             self.log.warning(f"Could not greet {inviter} in {room_id}: {e}")
+            return False
+        return True
 
     async def _space_hint(self, user_id: str) -> str:
         prefix = self.settings().command_prefix

@@ -18,12 +18,13 @@ from typing import Any
 import attrs
 from attrs import define, field
 from maubot.matrix import MaubotMatrixClient
-from mautrix.errors import MNotFound
+from mautrix.errors import MatrixError, MNotFound
 from mautrix.types import EventType
 from mautrix.util.logging import TraceLogger
 
 from .db import ACTIVE, ARCHIVED, MOVED, RoomRow, Store, UserRow
 from .matrix_state import (
+    ANSWERED_TYPE,
     BINDING_TYPE,
     SPACE_TYPE,
     Binding,
@@ -37,6 +38,7 @@ from .matrix_state import (
 
 _STATE_TYPES = [
     "m.room.create",
+    "m.room.encryption",
     "m.room.name",
     "m.room.tombstone",
     "m.space.child",
@@ -49,7 +51,7 @@ SYNC_FILTER = {
         "include_leave": True,
         "timeline": {"limit": 0},
         "state": {"types": _STATE_TYPES, "lazy_load_members": False},
-        "account_data": {"types": [BINDING_TYPE, SPACE_TYPE]},
+        "account_data": {"types": [BINDING_TYPE, SPACE_TYPE, ANSWERED_TYPE]},
         "ephemeral": {"types": []},
     },
     "presence": {"types": []},
@@ -86,6 +88,20 @@ class InviteView:
 class MatrixView:
     rooms: dict[str, RoomView] = field(factory=dict)
     invites: list[InviteView] = field(factory=list)
+
+    def unanswered_joins(self, bot_id: str) -> list[RoomView]:
+        """Rooms someone else made that the bot joined without answering the invite.
+
+        maubot's autojoin does that for invites that arrive while the plugin is stopped, and
+        then they are no longer in the sync's invite section.
+        """
+        return [
+            room
+            for room in self.rooms.values()
+            if room.joined
+            and (room.get("m.room.create") or {}).get("sender") not in (None, bot_id)
+            and not room.account_data.keys() & {BINDING_TYPE, SPACE_TYPE, ANSWERED_TYPE}
+        ]
 
 
 def parse_sync(data: dict[str, Any], bot_id: str) -> MatrixView:
@@ -318,6 +334,8 @@ class Reconciler:
             plan = compute(view, db_rooms, db_users, self.client.mxid)
             report.errors += await self._repair_matrix(plan)
             await self.store.apply_reconciliation(plan.rooms, plan.users)
+            for room in view.unanswered_joins(self.client.mxid):
+                view.invites.append(await self._joined_invite(room))
             for invite in view.invites:
                 report.errors += await self._guarded(
                     f"handling the invite to {invite.room_id}",
@@ -334,6 +352,21 @@ class Reconciler:
             report.duration = time.monotonic() - started
             report.finished = True
             return report
+
+    async def _joined_invite(self, room: RoomView) -> InviteView:
+        """The invite behind a room the bot already joined. Without it in the room's history,
+        the room's creator stands for the inviter."""
+        creator = str((room.get("m.room.create") or {}).get("sender"))
+        encrypted = room.get("m.room.encryption") is not None
+        try:
+            invite = await self.record.find_invite(room.room_id)
+        except MatrixError as e:
+            self.log.warning(f"Could not read the invite into {room.room_id}: {e}")
+            invite = None
+        if invite is None:
+            return InviteView(room.room_id, creator, is_direct=False, encrypted=encrypted)
+        is_direct = bool(invite.content.is_direct)
+        return InviteView(room.room_id, invite.sender, is_direct=is_direct, encrypted=encrypted)
 
     async def _guarded(self, what: str, step: Awaitable[None]) -> int:
         """Runs one step; a room that errors must not stop the others. Returns errors."""

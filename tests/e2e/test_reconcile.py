@@ -11,6 +11,7 @@ import pytest
 
 from tests.harness.deploy import Deployment
 from tests.harness.flows import (
+    ANSWERED_TYPE,
     BINDING_TYPE,
     Onboarded,
     bot_account_data,
@@ -311,7 +312,16 @@ async def downgrade_to_v1(bot: Deployment, db_kind: str, request: pytest.Fixture
         conn.close()
 
 
-async def test_invites_that_arrived_while_down_are_handled(bot: Deployment, make_user: Any) -> None:
+def is_space_invite(room_id: str, state: list[dict]) -> bool:
+    return any(
+        e["type"] == "m.room.create" and e["content"].get("type") == "m.space" for e in state
+    )
+
+
+@pytest.mark.parametrize("autojoined", [False, True], ids=["pending", "autojoined"])
+async def test_invites_that_arrived_while_down_are_answered_once(
+    bot: Deployment, make_user: Any, autojoined: bool
+) -> None:
     # The harness's prober must stay allowed: it checks that the bot is live after a start.
     await bot.update_config({"access.allowed": ["@alice*:{server}", "@prober*:{server}"]})
     alice = await make_user("alice")
@@ -319,17 +329,30 @@ async def test_invites_that_arrived_while_down_are_handled(bot: Deployment, make
     await stop(bot)
     dm = await alice.create_room(invite=[bot.bot_id], is_direct=True)
     other = await mallory.create_room(invite=[bot.bot_id])
+    if autojoined:
+        # What maubot's autojoin does when its client sees the invites before the plugin runs.
+        as_bot = bot_client(bot)
+        try:
+            for room_id in (dm, other):
+                await as_bot.join(room_id)
+        finally:
+            await as_bot.http.close()
     await start(bot)
 
     await alice.wait_for_membership(dm, bot.bot_id, "join", timeout=30)
-    space_invite = await alice.wait_for_invite(
-        lambda room_id, state: any(
-            e["type"] == "m.room.create" and e["content"].get("type") == "m.space" for e in state
-        ),
-        timeout=30,
-    )
-    assert space_invite
+    assert await alice.wait_for_invite(is_space_invite, timeout=30)
     await mallory.wait_for_membership(other, bot.bot_id, "leave", timeout=30)
+    await alice.wait_for(lambda: alice.events(dm, "m.room.message", bot.bot_id), 30, "a greeting")
+    answered = await bot_account_data(bot, dm, ANSWERED_TYPE)
+    assert answered is not None and answered["inviter"] == alice.user_id
+
+    # Answered is answered: another start greets nobody again.
+    await bot.restart()
+    probe = await alice.ask(dm, "!ai help", bot.bot_id)
+    greetings = [
+        e for e in alice.events(dm, "m.room.message", bot.bot_id) if e["event_id"] != probe.event_id
+    ]
+    assert len(greetings) == 1, greetings
 
 
 async def test_lost_space_keeps_its_rooms_for_the_next_onboarding(

@@ -15,6 +15,7 @@ from .matrix_user import MatrixError, MatrixUser, Reply
 
 BINDING_TYPE = "org.agentspaces.room"
 SPACE_TYPE = "org.agentspaces.space"
+ANSWERED_TYPE = "org.agentspaces.answered"
 _ROOM_LINK = re.compile(r"https://matrix\.to/#/((?:!|%21)[^?\s)\"<]+)")
 
 

@@ -1,16 +1,19 @@
-"""Reconciler.run against a fake homeserver client: a room that errors does not stop the others."""
+"""Reconciler.run against a fake homeserver client."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 from mautrix.errors import MForbidden
+from mautrix.types import Event, PaginatedMessages
 from mautrix.util.async_db import Database
 
 from plugin.db import Store
-from plugin.matrix_state import BINDING_TYPE, SPACE_TYPE, MatrixRecord
+from plugin.matrix_state import ANSWERED_TYPE, BINDING_TYPE, SPACE_TYPE, MatrixRecord
 from plugin.migrations import upgrade_table
 from plugin.reconcile import Reconciler
 
@@ -52,10 +55,22 @@ class FakeApi:
 class FakeClient:
     mxid = BOT
 
-    def __init__(self, data: dict[str, Any], broken_room: str) -> None:
+    def __init__(
+        self,
+        data: dict[str, Any],
+        broken_room: str = "",
+        history: dict[str, list[dict[str, Any]]] | None = None,
+    ) -> None:
         self.api = FakeApi(data)
         self.broken_room = broken_room
+        self.history = history or {}
         self.links: list[str] = []
+
+    async def get_messages(self, room_id: str, *args: Any, **kwargs: Any) -> PaginatedMessages:
+        if room_id not in self.history:
+            raise MForbidden(403, "not in the room")
+        events = [Event.deserialize({**e, "room_id": room_id}) for e in self.history[room_id]]
+        return PaginatedMessages(start="a", end="b", events=events)
 
     async def send_state_event(self, room_id: str, type: Any, content: Any, state_key: str) -> str:
         if state_key == self.broken_room:
@@ -68,22 +83,92 @@ async def no_invites(*args: Any) -> None:
     raise AssertionError("no invites expected")
 
 
-async def test_a_room_that_errors_does_not_stop_the_others(tmp_path: Path) -> None:
-    rooms = ["!a:hs", "!b:hs", "!c:hs"]
-    client = FakeClient(sync_without_children(rooms), broken_room="!b:hs")
+@asynccontextmanager
+async def store_in(tmp_path: Path) -> AsyncIterator[Store]:
     db = Database.create(
         f"sqlite:{tmp_path / 'db'}", upgrade_table=upgrade_table, log=logging.getLogger("db")
     )
     await db.start()
     try:
-        store = Store(db)
-        log = logging.getLogger("reconcile")
-        reconciler = Reconciler(client, store, MatrixRecord(client), log, no_invites)  # type: ignore[arg-type]
-        report = await reconciler.run()
+        yield Store(db)
+    finally:
+        await db.stop()
+
+
+def reconciler_for(client: FakeClient, store: Store, on_invite: Any) -> Reconciler:
+    log = logging.getLogger("reconcile")
+    return Reconciler(client, store, MatrixRecord(client), log, on_invite)  # type: ignore[arg-type]
+
+
+async def test_a_room_that_errors_does_not_stop_the_others(tmp_path: Path) -> None:
+    rooms = ["!a:hs", "!b:hs", "!c:hs"]
+    client = FakeClient(sync_without_children(rooms), broken_room="!b:hs")
+    async with store_in(tmp_path) as store:
+        report = await reconciler_for(client, store, no_invites).run()
         assert report.errors == 1
         assert sorted(client.links) == ["!a:hs", "!c:hs"]
         assert report.rooms == 3 and report.finished
         assert {r.room_id for r in await store.all_rooms()} == set(rooms)
         assert client.api.requests == 1
-    finally:
-        await db.stop()
+
+
+def member(sender: str, target: str, content: dict[str, Any], ts: int) -> dict[str, Any]:
+    return {
+        "type": "m.room.member",
+        "state_key": target,
+        "sender": sender,
+        "content": content,
+        "event_id": f"$m{ts}",
+        "origin_server_ts": ts,
+    }
+
+
+def joined_room(creator: str, *extra: dict[str, Any]) -> dict[str, Any]:
+    create = {"type": "m.room.create", "state_key": "", "sender": creator, "content": {}}
+    return {"state": {"events": [create, *extra]}}
+
+
+async def test_rooms_autojoined_while_stopped_are_answered_as_invites(tmp_path: Path) -> None:
+    mallory = "@mallory:hs"
+    answered = joined_room(OWNER)
+    answered["account_data"] = {"events": [{"type": ANSWERED_TYPE, "content": {}}]}
+    encryption = {"type": "m.room.encryption", "state_key": "", "sender": mallory, "content": {}}
+    data = {
+        "rooms": {
+            "join": {
+                "!dm:hs": joined_room(OWNER),
+                "!group:hs": joined_room(OWNER),
+                "!lost:hs": joined_room(mallory, encryption),
+                "!answered:hs": answered,
+                "!own:hs": joined_room(BOT),
+            },
+            "leave": {"!left:hs": joined_room(OWNER)},
+        }
+    }
+    history = {
+        # Newest first, as /messages returns them backwards.
+        "!dm:hs": [
+            member(BOT, BOT, {"membership": "join"}, 3),
+            member(OWNER, BOT, {"membership": "invite", "is_direct": True}, 2),
+        ],
+        "!group:hs": [
+            member(BOT, BOT, {"membership": "join"}, 5),
+            member(mallory, BOT, {"membership": "invite"}, 4),
+            member(OWNER, mallory, {"membership": "invite"}, 3),
+        ],
+    }
+    seen: list[tuple[str, str, bool, bool]] = []
+
+    async def on_invite(room_id: str, inviter: str, is_direct: bool, encrypted: bool) -> None:
+        seen.append((room_id, inviter, is_direct, encrypted))
+
+    client = FakeClient(data, history=history)
+    async with store_in(tmp_path) as store:
+        report = await reconciler_for(client, store, on_invite).run()
+    assert report.errors == 0
+    # The invite is read from the room's history; without it, the creator stands for the inviter.
+    assert sorted(seen) == [
+        ("!dm:hs", OWNER, True, False),
+        ("!group:hs", mallory, False, False),
+        ("!lost:hs", mallory, False, True),
+    ]

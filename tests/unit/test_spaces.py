@@ -17,7 +17,8 @@ from ruamel.yaml import YAML
 
 from plugin.config import Settings, parse_settings
 from plugin.db import Store
-from plugin.matrix_state import BINDING_TYPE, SPACE_TYPE, MatrixRecord
+from plugin.matrix_state import ANSWERED_TYPE, BINDING_TYPE, SPACE_TYPE, MatrixRecord
+from plugin.membership import MembershipHandler
 from plugin.migrations import upgrade_table
 from plugin.spaces import Spaces, find_agent, room_power_levels, space_power_levels
 
@@ -80,6 +81,15 @@ class FakeMatrix:
 
     async def get_displayname(self, user_id: str) -> str:
         return "Alice"
+
+    async def join_room(self, room_id: str) -> str:
+        self.rooms[room_id]["members"][self.mxid] = "join"
+        return room_id
+
+    async def send_markdown(self, room_id: str, markdown: str, **kwargs: Any) -> str:
+        self._maybe_fail("send_markdown")
+        self.rooms[room_id].setdefault("messages", []).append(markdown)
+        return "$message"
 
     async def set_account_data(self, type: str, content: dict, room_id: str) -> None:
         self._maybe_fail(f"account_data:{type}")
@@ -240,3 +250,28 @@ async def test_new_rooms_are_encrypted_only_as_configured(
     (room,) = result.new_rooms
     state = client.rooms[room.room_id]["state"]
     assert (("m.room.encryption", "") in state) is encrypted
+
+
+async def test_an_invite_is_marked_answered_once_its_greeting_is_sent(
+    world: tuple[Spaces, FakeMatrix, Store],
+) -> None:
+    spaces, client, store = world
+    current = settings()
+    handler = MembershipHandler(
+        client, store, spaces, MatrixRecord(client), lambda: current, logging.getLogger("t")
+    )
+    for room_id, inviter in (("!dm:hs", OWNER), ("!other:hs", "@mallory:elsewhere")):
+        client.rooms[room_id] = {"create": {}, "state": {}, "members": {inviter: "join"}}
+        client.rooms[room_id]["members"][client.mxid] = "invite"
+
+    client.fail["send_markdown"] = 1
+    await handler.handle_invite("!dm:hs", OWNER, True, False)
+    # The greeting failed: unmarked, the next start answers the invite again.
+    assert ("!dm:hs", ANSWERED_TYPE) not in client.account_data
+    await handler.handle_invite("!dm:hs", OWNER, True, False)
+    assert client.account_data[("!dm:hs", ANSWERED_TYPE)]["inviter"] == OWNER
+    assert client.rooms["!dm:hs"]["messages"][0].startswith("Your Space: ")
+
+    await handler.handle_invite("!other:hs", "@mallory:elsewhere", False, False)
+    assert client.rooms["!other:hs"]["members"][client.mxid] == "leave"
+    assert ("!other:hs", ANSWERED_TYPE) not in client.account_data
