@@ -66,21 +66,25 @@ class Deployment:
     async def wait_live(self, timeout: float = 30) -> None:
         """Waits until the bot's client delivers live events to the plugin.
 
-        maubot drops every event of the client's first /sync after a start, so an invite sent
-        too early is never seen. A fresh probe room is invited until the bot joins one.
+        maubot drops every event of the client's first /sync after a start, and its autojoin may
+        join a room before the plugin's handlers are registered. So only an answer from the
+        plugin proves it live: a fresh probe room gets `!<prefix> help` until the plugin replies.
         """
-        await self.wait_started(timeout)
+        info = await self.wait_started(timeout)
+        # The prefix of the config the plugin runs on: maubot stores only a config it accepted.
+        help_command = f"!{YAML(typ='safe').load(info['config'])['command_prefix']} help"
         deadline = asyncio.get_running_loop().time() + timeout
         while asyncio.get_running_loop().time() < deadline:
             room_id = await self.prober.create_room(invite=[self.bot_id])
             try:
                 await self.prober.wait_for_membership(room_id, self.bot_id, "join", timeout=2)
+                await self.prober.ask(room_id, help_command, self.bot_id, timeout=3)
             except TimeoutError:
                 continue
             finally:
                 await self.prober.leave(room_id)
             return
-        raise TimeoutError(f"bot {self.bot_id} never joined a probe room")
+        raise TimeoutError(f"bot {self.bot_id} never answered in a probe room")
 
     async def restart(self) -> None:
         """Restarts the whole maubot process by PID and waits until the bot is live again."""
