@@ -79,10 +79,7 @@ class ContextManager:
         existing = await self.store.turn_for_event(room_id, event_id)
         if existing is not None:
             return existing
-        turn_id = await self.store.add_turn(room_id, event_id, USER, text)
-        turn = await self.store.turn_for_event(room_id, event_id)
-        assert turn is not None and turn.id == turn_id
-        return turn
+        return await self.store.add_turn(room_id, event_id, USER, text)
 
     async def request_for(
         self,
@@ -155,9 +152,7 @@ class ContextManager:
         )
         await self.store.start_new_context(room.room_id, chat_id, context_start)
         if summary:
-            await self.store.add_turn(
-                room.room_id, None, SUMMARY, SUMMARY_PREFIX + summary, answered=True
-            )
+            await self.store.add_turns(room.room_id, [(None, SUMMARY, SUMMARY_PREFIX + summary)])
         return chat_id
 
     async def set_share(self, room: RoomRow, share: bool) -> None:

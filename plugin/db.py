@@ -217,10 +217,10 @@ class Store:
 
     async def add_turn(
         self, room_id: str, event_id: str | None, role: str, content: str, answered: bool = False
-    ) -> int:
-        return await self.db.fetchval(
+    ) -> TurnRow:
+        row = await self.db.fetchrow(
             "INSERT INTO context_turn (room_id, event_id, role, content, answered, created_at) "
-            "VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+            f"VALUES ($1, $2, $3, $4, $5, $6) RETURNING {TurnRow.columns()}",
             room_id,
             event_id,
             role,
@@ -228,8 +228,10 @@ class Store:
             answered,
             now_ms(),
         )
+        return TurnRow.from_row(row)
 
     async def add_turns(self, room_id: str, turns: Iterable[tuple[str | None, str, str]]) -> None:
+        """Adds answered turns: (event id, role, content) each."""
         records = [(room_id, ev, role, text, True, now_ms()) for ev, role, text in turns]
         await self.db.executemany(
             "INSERT INTO context_turn (room_id, event_id, role, content, answered, created_at) "

@@ -442,7 +442,7 @@ class Dispatcher:
             self.log.warning(f"Could not send the answer in {room.room_id}: {e}")
             self.metrics.error("matrix_send", f"answer in {room.room_id}: {type(e).__name__}")
             return
-        await self.store.add_turn(room.room_id, None, ASSISTANT, text, answered=True)
+        await self.store.add_turns(room.room_id, [(None, ASSISTANT, text)])
         await self.store.set_turn_answered(turn.id, True)
         await self.quota.record(room.owner, request.context_tokens + estimate_tokens(text))
 

@@ -6,7 +6,7 @@ import attrs
 
 from plugin.db import ACTIVE, ARCHIVED, MOVED, RoomRow, UserRow
 from plugin.matrix_state import BINDING_TYPE, SPACE_TYPE, deterministic_chat_id
-from plugin.reconcile import MatrixView, RoomView, compute, parse_sync
+from plugin.reconcile import MatrixView, RoomView, compute, parse_sliding_sync, parse_sync
 
 BOT = "@bot:hs"
 
@@ -237,3 +237,33 @@ def test_parse_sync_applies_the_timelines_state_on_top_of_the_state_section() ->
     space = parse_sync(data, BOT).rooms[SPACE]
     assert space.content("m.space.child", "!a:hs") == {"via": ["hs"]}
     assert space.content("m.space.child", "!b:hs") == {"via": []}
+
+
+def test_parse_sliding_sync_reads_rooms_account_data_and_invites() -> None:
+    name = {"type": "m.room.name", "state_key": "", "sender": BOT, "content": {"name": "x"}}
+    invite = {
+        "type": "m.room.member",
+        "state_key": BOT,
+        "sender": OWNER,
+        "content": {"membership": "invite", "is_direct": True},
+    }
+    data = {
+        "pos": "1",
+        "rooms": {
+            "!a:hs": {"required_state": [name], "timeline": []},
+            "!c:hs": {"invite_state": [invite]},
+        },
+        "extensions": {
+            "account_data": {
+                "global": [{"type": "m.push_rules", "content": {}}],
+                "rooms": {"!a:hs": [{"type": BINDING_TYPE, "content": {"owner": OWNER}}]},
+            }
+        },
+    }
+    view = parse_sliding_sync(data, BOT)
+    assert list(view.rooms) == ["!a:hs"] and view.rooms["!a:hs"].joined
+    assert view.rooms["!a:hs"].content("m.room.name") == {"name": "x"}
+    assert view.rooms["!a:hs"].account_data == {BINDING_TYPE: {"owner": OWNER}}
+    assert [(i.room_id, i.inviter, i.is_direct, i.encrypted) for i in view.invites] == [
+        ("!c:hs", OWNER, True, False)
+    ]

@@ -8,14 +8,15 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from mautrix.errors import MForbidden
+import pytest
+from mautrix.errors import MForbidden, MUnrecognized
 from mautrix.types import Event, PaginatedMessages
 from mautrix.util.async_db import Database
 
 from plugin.db import Store
 from plugin.matrix_state import ANSWERED_TYPE, BINDING_TYPE, SPACE_TYPE, MatrixRecord
 from plugin.migrations import upgrade_table
-from plugin.reconcile import Reconciler
+from plugin.reconcile import SLIDING_SYNC_PATH, Reconciler
 
 BOT = "@bot:hs"
 OWNER = "@alice:hs"
@@ -42,13 +43,32 @@ def sync_without_children(rooms: list[str]) -> dict[str, Any]:
     return {"next_batch": "s", "rooms": {"join": join}}
 
 
-class FakeApi:
-    def __init__(self, data: dict[str, Any]) -> None:
-        self.data = data
-        self.requests = 0
+def as_sliding_sync(data: dict[str, Any]) -> dict[str, Any]:
+    """The same rooms as a simplified sliding sync answer: joined rooms and invites only."""
+    rooms: dict[str, Any] = {}
+    account_data: dict[str, Any] = {}
+    for room_id, room in data["rooms"].get("join", {}).items():
+        rooms[room_id] = {"required_state": room.get("state", {}).get("events", [])}
+        account_data[room_id] = room.get("account_data", {}).get("events", [])
+    for room_id, room in data["rooms"].get("invite", {}).items():
+        rooms[room_id] = {"invite_state": room["invite_state"]["events"]}
+    return {"pos": "1", "rooms": rooms, "extensions": {"account_data": {"rooms": account_data}}}
 
-    async def request(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        self.requests += 1
+
+class FakeApi:
+    """Answers /sync with `data`; sliding sync too, in its own shape, when `sliding` is set."""
+
+    def __init__(self, data: dict[str, Any], sliding: bool) -> None:
+        self.data = data
+        self.sliding = sliding
+        self.paths: list[str] = []
+
+    async def request(self, method: Any, path: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        self.paths.append(str(path))
+        if str(path) == SLIDING_SYNC_PATH:
+            if not self.sliding:
+                raise MUnrecognized(404, "Unrecognized request")
+            return as_sliding_sync(self.data)
         return self.data
 
 
@@ -60,8 +80,9 @@ class FakeClient:
         data: dict[str, Any],
         broken_room: str = "",
         history: dict[str, list[dict[str, Any]]] | None = None,
+        sliding: bool = True,
     ) -> None:
-        self.api = FakeApi(data)
+        self.api = FakeApi(data, sliding)
         self.broken_room = broken_room
         self.history = history or {}
         self.links: list[str] = []
@@ -100,16 +121,19 @@ def reconciler_for(client: FakeClient, store: Store, on_invite: Any) -> Reconcil
     return Reconciler(client, store, MatrixRecord(client), log, on_invite)  # type: ignore[arg-type]
 
 
-async def test_a_room_that_errors_does_not_stop_the_others(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sliding", [True, False], ids=["sliding-sync", "sync"])
+async def test_a_room_that_errors_does_not_stop_the_others(tmp_path: Path, sliding: bool) -> None:
     rooms = ["!a:hs", "!b:hs", "!c:hs"]
-    client = FakeClient(sync_without_children(rooms), broken_room="!b:hs")
+    client = FakeClient(sync_without_children(rooms), broken_room="!b:hs", sliding=sliding)
     async with store_in(tmp_path) as store:
         report = await reconciler_for(client, store, no_invites).run()
         assert report.errors == 1
         assert sorted(client.links) == ["!a:hs", "!c:hs"]
         assert report.rooms == 3 and report.finished
         assert {r.room_id for r in await store.all_rooms()} == set(rooms)
-        assert client.api.requests == 1
+        # One discovery request: sliding sync, or /sync after the server said it has none.
+        expected = [SLIDING_SYNC_PATH] if sliding else [SLIDING_SYNC_PATH, "_matrix/client/v3/sync"]
+        assert client.api.paths == expected
 
 
 def member(sender: str, target: str, content: dict[str, Any], ts: int) -> dict[str, Any]:
@@ -128,7 +152,10 @@ def joined_room(creator: str, *extra: dict[str, Any]) -> dict[str, Any]:
     return {"state": {"events": [create, *extra]}}
 
 
-async def test_rooms_autojoined_while_stopped_are_answered_as_invites(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sliding", [True, False], ids=["sliding-sync", "sync"])
+async def test_rooms_autojoined_while_stopped_are_answered_as_invites(
+    tmp_path: Path, sliding: bool
+) -> None:
     mallory = "@mallory:hs"
     answered = joined_room(OWNER)
     answered["account_data"] = {"events": [{"type": ANSWERED_TYPE, "content": {}}]}
@@ -162,7 +189,7 @@ async def test_rooms_autojoined_while_stopped_are_answered_as_invites(tmp_path: 
     async def on_invite(room_id: str, inviter: str, is_direct: bool, encrypted: bool) -> None:
         seen.append((room_id, inviter, is_direct, encrypted))
 
-    client = FakeClient(data, history=history)
+    client = FakeClient(data, history=history, sliding=sliding)
     async with store_in(tmp_path) as store:
         report = await reconciler_for(client, store, on_invite).run()
     assert report.errors == 0
