@@ -215,17 +215,15 @@ class Store:
 
     # Context turns
 
-    async def add_turn(
-        self, room_id: str, event_id: str | None, role: str, content: str, answered: bool = False
-    ) -> TurnRow:
+    async def add_turn(self, room_id: str, event_id: str, role: str, content: str) -> TurnRow:
+        """Adds a turn still to be answered, and returns its row."""
         row = await self.db.fetchrow(
             "INSERT INTO context_turn (room_id, event_id, role, content, answered, created_at) "
-            f"VALUES ($1, $2, $3, $4, $5, $6) RETURNING {TurnRow.columns()}",
+            f"VALUES ($1, $2, $3, $4, false, $5) RETURNING {TurnRow.columns()}",
             room_id,
             event_id,
             role,
             content,
-            answered,
             now_ms(),
         )
         return TurnRow.from_row(row)
@@ -255,9 +253,6 @@ class Store:
         return bool(
             await self.db.fetchval("SELECT 1 FROM context_turn WHERE room_id=$1 LIMIT 1", room_id)
         )
-
-    async def mark_answered(self, turn_id: int) -> None:
-        await self.db.execute("UPDATE context_turn SET answered=true WHERE id=$1", turn_id)
 
     async def delete_turns_before(self, room_id: str, first_kept_id: int) -> None:
         await self.db.execute(

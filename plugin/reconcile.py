@@ -381,9 +381,10 @@ class Reconciler:
             plan = compute(view, db_rooms, db_users, self.client.mxid)
             report.errors += await self._repair_matrix(plan)
             await self.store.apply_reconciliation(plan.rooms, plan.users)
-            for room in view.unanswered_joins(self.client.mxid):
-                view.invites.append(await self._joined_invite(room))
-            for invite in view.invites:
+            invites = view.invites + [
+                await self._joined_invite(room) for room in view.unanswered_joins(self.client.mxid)
+            ]
+            for invite in invites:
                 report.errors += await self._guarded(
                     f"handling the invite to {invite.room_id}",
                     self.on_invite(

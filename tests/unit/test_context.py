@@ -75,7 +75,7 @@ async def test_history_is_trimmed_in_the_db_but_memory_and_prompt_are_not(parts:
     await parts.store.add_memory(room.owner, "m" * 200)
     for n in range(6):
         await parts.context.user_turn(ROOM, f"$e{n}", f"message {n} " + "x" * 30)
-        await parts.store.add_turn(ROOM, None, "assistant", "y" * 40, answered=True)
+        await parts.store.add_turns(ROOM, [(None, "assistant", "y" * 40)])
     current = await parts.context.user_turn(ROOM, "$now", "the newest message")
 
     request = await parts.context.request_for(room, agent(limit=120), current, room.owner)
