@@ -26,7 +26,8 @@ from urllib.parse import quote
 
 from ruamel.yaml import YAML
 
-from tests.harness.deploy import ROOT, Deployment, deploy
+from tests.config import ROOT
+from tests.harness.deploy import Deployment, deploy
 from tests.harness.flows import Onboarded, onboard
 from tests.harness.matrix_user import MatrixUser, Reply
 from tests.harness.maubot_server import MaubotServer

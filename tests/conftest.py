@@ -1,9 +1,16 @@
-"""Fixtures: a real Synapse and maubot on loopback, the built plugin, and Matrix users."""
+"""The fixtures of every test, in one place.
+
+- Unit tests: `store` (a real plugin database, on SQLite and on PostgreSQL), `fake` (the one fake
+  Matrix client) and `world` (the plugin's real parts around them).
+- Agent backends: `openai_server` and `agent_server`, local fake servers on loopback.
+- End-to-end tests: a real Synapse and maubot on loopback, the built plugin, Matrix users.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import os
 import subprocess
 import uuid
@@ -11,8 +18,16 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
+from maubot.lib.plugin_db import ProxyPostgresDatabase
+from mautrix.util.async_db import Database
 
-from tests.harness.deploy import ROOT, Deployment, deploy
+from plugin.db import Store
+from plugin.db.migrations import upgrade_table
+from tests.config import ROOT
+from tests.fakes.matrix import FakeMatrix
+from tests.fakes.servers import FakeAgentPlatform, FakeOpenAI
+from tests.fakes.world import World, make_world
+from tests.harness.deploy import Deployment, deploy
 from tests.harness.matrix_user import MatrixUser
 from tests.harness.maubot_server import MaubotServer
 from tests.harness.synapse import Synapse
@@ -21,6 +36,7 @@ POSTGRES_ADMIN_URL = os.environ.get(
     "AGENTSPACES_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
 _users = itertools.count()
+_schemas = itertools.count()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -29,12 +45,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.e2e)
 
 
-@pytest.fixture(scope="session")
-def mbp() -> Path:
-    """The plugin as an operator gets it: built by `make build`."""
-    subprocess.run(["make", "-s", "build"], cwd=ROOT, check=True, capture_output=True)
-    (path,) = (ROOT / "dist").glob("*.mbp")
-    return path
+# PostgreSQL
 
 
 def _postgres_or_skip() -> None:
@@ -65,6 +76,82 @@ def postgres_url() -> Iterator[str]:
     with admin.cursor() as cur:
         cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     admin.close()
+
+
+@pytest.fixture(scope="session")
+async def postgres_pool(postgres_url: str) -> AsyncIterator[Database]:
+    """One connection pool for the unit tests' PostgreSQL stores, as maubot keeps one."""
+    pool = Database.create(postgres_url, log=logging.getLogger("db.pool"))
+    await pool.start()
+    yield pool
+    await pool.stop()
+
+
+# Unit tests: the store, the fake client, the plugin's parts
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    """A migrated plugin database, as maubot gives an instance: a SQLite file, or a schema of its
+    own in PostgreSQL (maubot's own proxy database, dropped afterwards)."""
+    log = logging.getLogger("db")
+    if request.param == "sqlite":
+        db = Database.create(
+            f"sqlite:{tmp_path / 'plugin.db'}", upgrade_table=upgrade_table, log=log
+        )
+    else:
+        pool = request.getfixturevalue("postgres_pool")
+        db = ProxyPostgresDatabase(
+            pool, f"unit{next(_schemas)}_{uuid.uuid4().hex[:6]}", 3, upgrade_table, log
+        )
+    await db.start()
+    yield Store(db)
+    if isinstance(db, ProxyPostgresDatabase):
+        await db.delete()
+    await db.stop()
+
+
+@pytest.fixture
+def fake() -> FakeMatrix:
+    return FakeMatrix()
+
+
+@pytest.fixture
+async def world(store: Store, fake: FakeMatrix) -> AsyncIterator[World]:
+    """The plugin's parts on the store and the fake client, with base-config.yaml's settings."""
+    built = make_world(store, fake=fake)
+    yield built
+    await built.close()
+
+
+# Agent backends
+
+
+@pytest.fixture
+async def openai_server() -> AsyncIterator[FakeOpenAI]:
+    server = FakeOpenAI()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+async def agent_server() -> AsyncIterator[FakeAgentPlatform]:
+    server = FakeAgentPlatform()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+# End-to-end: Synapse, maubot, the built plugin, Matrix users
+
+
+@pytest.fixture(scope="session")
+def mbp() -> Path:
+    """The plugin as an operator gets it: built by `make build`."""
+    subprocess.run(["make", "-s", "build"], cwd=ROOT, check=True, capture_output=True)
+    (path,) = (ROOT / "dist").glob("*.mbp")
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -6,8 +6,6 @@ import re
 
 import pytest
 
-from tests.e2e.test_dispatch import openai_agent
-from tests.fakes.fixtures import openai_server  # noqa: F401
 from tests.fakes.servers import FakeOpenAI
 from tests.harness.deploy import Deployment
 from tests.harness.flows import BINDING_TYPE, agent_room, bot_account_data, db_rows, onboard
@@ -73,10 +71,10 @@ async def test_clear_starts_a_new_context_with_a_new_chat_id(
 async def test_compact_and_retry(
     bot: Deployment,
     make_user,
-    openai_server: FakeOpenAI,  # noqa: F811
+    openai_server: FakeOpenAI,
 ) -> None:
     alice = await make_user("alice")
-    room = await agent_room(alice, bot, openai_agent(openai_server, stream=False))
+    room = await agent_room(alice, bot, openai_server.agent(stream=False))
     await ask(alice, bot, room, "my name is Alice")
     last = await alice.send_text(room, "I live in Lyon")
     await alice.wait_for_reply(room, last, bot.bot_id)
@@ -109,10 +107,10 @@ async def test_compact_and_retry(
 async def test_memory_reaches_one_users_rooms_and_never_anothers(
     bot: Deployment,
     make_user,
-    openai_server: FakeOpenAI,  # noqa: F811
+    openai_server: FakeOpenAI,
 ) -> None:
     await bot.update_config(
-        {"agents": [openai_agent(openai_server, stream=False)], "default_agent": "assistant"}
+        {"agents": [openai_server.agent(stream=False)], "default_agent": "assistant"}
     )
     alice, bob = await make_user("alice"), await make_user("bob")
     alice_room = (await onboard(alice, bot)).rooms["assistant"]

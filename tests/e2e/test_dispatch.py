@@ -7,47 +7,19 @@ import time
 
 import pytest
 
-from tests.fakes.fixtures import agent_server, openai_server  # noqa: F401
-from tests.fakes.servers import Behavior, FakeAgentPlatform, FakeOpenAI
+from tests.fakes.servers import SECRET, Behavior, FakeAgentPlatform, FakeOpenAI
 from tests.harness.deploy import Deployment
 from tests.harness.flows import BINDING_TYPE, agent_room, bot_account_data, db_rows, onboard
 from tests.harness.matrix_user import STREAMING_KEY
-
-SECRET = "sk-e2e-secret-4242"
-
-
-def openai_agent(server: FakeOpenAI, agent_id: str = "assistant", **extra: object) -> dict:
-    return {
-        "id": agent_id,
-        "name": agent_id.title(),
-        "backend": "openai",
-        "base_url": server.base_url,
-        "api_key": SECRET,
-        "model": "fake-model",
-        "system_prompt": "You are a test assistant.",
-        **extra,
-    }
-
-
-def http_agent(server: FakeAgentPlatform, agent_id: str = "platform", **extra: object) -> dict:
-    return {
-        "id": agent_id,
-        "backend": "http",
-        "url": server.chat_url,
-        "headers": {"X-Api-Key": SECRET},
-        **extra,
-    }
 
 
 async def test_streamed_reply_is_edited_until_complete(
     bot: Deployment,
     make_user,
-    openai_server: FakeOpenAI,  # noqa: F811
+    openai_server: FakeOpenAI,
 ) -> None:
     alice = await make_user("alice")
-    room = await agent_room(
-        alice, bot, openai_agent(openai_server), {"dispatch.edit_interval": 0.2}
-    )
+    room = await agent_room(alice, bot, openai_server.agent(), {"dispatch.edit_interval": 0.2})
     answer = "Here is **bold** advice, streamed in six chunks to the room."
     openai_server.script(Behavior(reply=answer, chunks=6, chunk_delay=0.3))
 
@@ -72,12 +44,12 @@ async def test_streamed_reply_is_edited_until_complete(
 async def test_five_quick_messages_are_answered_in_order(
     bot: Deployment,
     make_user,
-    openai_server: FakeOpenAI,  # noqa: F811
+    openai_server: FakeOpenAI,
     db_kind: str,
     request: pytest.FixtureRequest,
 ) -> None:
     alice = await make_user("alice")
-    room = await agent_room(alice, bot, openai_agent(openai_server, stream=False))
+    room = await agent_room(alice, bot, openai_server.agent(stream=False))
     openai_server.default = Behavior(delay=0.2)
 
     event_ids = [await alice.send_text(room, f"message {n}") for n in range(5)]
@@ -101,13 +73,13 @@ async def test_five_quick_messages_are_answered_in_order(
 async def test_two_rooms_progress_in_parallel(
     bot: Deployment,
     make_user,
-    openai_server: FakeOpenAI,  # noqa: F811
+    openai_server: FakeOpenAI,
 ) -> None:
     await bot.update_config(
         {
             "agents": [
-                openai_agent(openai_server, "first", stream=False),
-                openai_agent(openai_server, "second", stream=False),
+                openai_server.agent("first", stream=False),
+                openai_server.agent("second", stream=False),
             ],
             "default_agent": "first",
             "onboarding.rooms": ["first", "second"],
@@ -133,10 +105,10 @@ async def test_two_rooms_progress_in_parallel(
 async def test_http_agent_gets_the_rooms_chat_id_and_answers_in_the_thread(
     bot: Deployment,
     make_user,
-    agent_server: FakeAgentPlatform,  # noqa: F811
+    agent_server: FakeAgentPlatform,
 ) -> None:
     alice = await make_user("alice")
-    room = await agent_room(alice, bot, http_agent(agent_server, send_history=True))
+    room = await agent_room(alice, bot, agent_server.agent(send_history=True))
     agent_server.script(Behavior(), Behavior(chunks=4, chunk_delay=0.1))
 
     root = await alice.send_text(room, "first question")
@@ -168,10 +140,10 @@ async def test_http_agent_gets_the_rooms_chat_id_and_answers_in_the_thread(
 async def test_only_the_owners_text_messages_reach_the_agent(
     bot: Deployment,
     make_user,
-    openai_server: FakeOpenAI,  # noqa: F811
+    openai_server: FakeOpenAI,
 ) -> None:
     alice = await make_user("alice")
-    room = await agent_room(alice, bot, openai_agent(openai_server, stream=False))
+    room = await agent_room(alice, bot, openai_server.agent(stream=False))
     mallory = await make_user("mallory")
     await alice.invite(room, mallory.user_id)
     await mallory.join(room)

@@ -5,9 +5,7 @@ from __future__ import annotations
 import json
 import time
 
-from tests.e2e.test_dispatch import SECRET, http_agent, openai_agent
-from tests.fakes.fixtures import agent_server, openai_server  # noqa: F401
-from tests.fakes.servers import Behavior, FakeAgentPlatform, FakeOpenAI, closed_port_url
+from tests.fakes.servers import SECRET, Behavior, FakeAgentPlatform, FakeOpenAI, closed_port_url
 from tests.harness.deploy import Deployment
 from tests.harness.flows import agent_room, onboard
 from tests.harness.matrix_user import MatrixUser, Reply
@@ -28,9 +26,9 @@ async def answer(user: MatrixUser, bot: Deployment, room: str, event_id: str, st
 async def test_refused_agent_then_retry_after_the_fix(
     bot: Deployment,
     make_user,
-    openai_server: FakeOpenAI,  # noqa: F811
+    openai_server: FakeOpenAI,
 ) -> None:
-    broken = {**openai_agent(openai_server, stream=False), "base_url": closed_port_url("/v1")}
+    broken = {**openai_server.agent(stream=False), "base_url": closed_port_url("/v1")}
     alice = await make_user("alice")
     room = await agent_room(alice, bot, broken)
 
@@ -43,7 +41,7 @@ async def test_refused_agent_then_retry_after_the_fix(
     assert "Turns: 1 (1 unanswered)" in (await alice.ask(room, "!ai context", bot.bot_id)).body
 
     await bot.update_config(
-        {"agents": [openai_agent(openai_server, stream=False)], "default_agent": "assistant"}
+        {"agents": [openai_server.agent(stream=False)], "default_agent": "assistant"}
     )
     await alice.send_text(room, "!ai retry")
     await answer(alice, bot, room, event_id, "reply to: are you there?")
@@ -54,12 +52,10 @@ async def test_refused_agent_then_retry_after_the_fix(
 async def test_timeout_server_errors_and_rate_limits(
     bot: Deployment,
     make_user,
-    openai_server: FakeOpenAI,  # noqa: F811
+    openai_server: FakeOpenAI,
 ) -> None:
     alice = await make_user("alice")
-    room = await agent_room(
-        alice, bot, openai_agent(openai_server, stream=False), {"dispatch.timeout": 1}
-    )
+    room = await agent_room(alice, bot, openai_server.agent(stream=False), {"dispatch.timeout": 1})
 
     async def notice_for(text: str, *script: Behavior) -> str:
         openai_server.script(*script)
@@ -73,7 +69,7 @@ async def test_timeout_server_errors_and_rate_limits(
         "slow", Behavior(delay=3)
     )
     await bot.update_config(
-        {"agents": [openai_agent(openai_server, stream=False)], "default_agent": "assistant"}
+        {"agents": [openai_server.agent(stream=False)], "default_agent": "assistant"}
     )
 
     sent = len(openai_server.requests)
@@ -103,10 +99,10 @@ async def test_timeout_server_errors_and_rate_limits(
 async def test_broken_stream_closes_the_reply_with_a_notice(
     bot: Deployment,
     make_user,
-    agent_server: FakeAgentPlatform,  # noqa: F811
+    agent_server: FakeAgentPlatform,
 ) -> None:
     alice = await make_user("alice")
-    room = await agent_room(alice, bot, http_agent(agent_server), {"dispatch.edit_interval": 0.1})
+    room = await agent_room(alice, bot, agent_server.agent(), {"dispatch.edit_interval": 0.1})
     agent_server.script(Behavior(reply="a b c d e f g h", chunks=8, chunk_delay=0.2, break_after=4))
 
     event_id = await alice.send_text(room, "stream please")
@@ -120,11 +116,11 @@ async def test_broken_stream_closes_the_reply_with_a_notice(
 async def test_messages_per_minute_quota(
     bot: Deployment,
     make_user,
-    openai_server: FakeOpenAI,  # noqa: F811
+    openai_server: FakeOpenAI,
 ) -> None:
     alice = await make_user("alice")
     room = await agent_room(
-        alice, bot, openai_agent(openai_server, stream=False), {"limits.messages_per_minute": 2}
+        alice, bot, openai_server.agent(stream=False), {"limits.messages_per_minute": 2}
     )
 
     for n in range(2):
@@ -139,14 +135,14 @@ async def test_messages_per_minute_quota(
 async def test_secrets_never_reach_rooms_or_logs(
     bot: Deployment,
     make_user,
-    openai_server: FakeOpenAI,  # noqa: F811
-    agent_server: FakeAgentPlatform,  # noqa: F811
+    openai_server: FakeOpenAI,
+    agent_server: FakeAgentPlatform,
 ) -> None:
     await bot.update_config(
         {
             "agents": [
-                openai_agent(openai_server, stream=False),
-                http_agent(agent_server),
+                openai_server.agent(stream=False),
+                agent_server.agent(),
             ],
             "default_agent": "assistant",
             "onboarding.rooms": ["assistant", "platform"],

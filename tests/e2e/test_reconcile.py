@@ -284,7 +284,7 @@ async def test_legacy_rows_without_chat_id_are_backfilled_at_start(
     assert backfilled and backfilled != kept_chat
     assert (await bot_account_data(bot, older, BINDING_TYPE))["chat_id"] == backfilled
     # Deterministic: the same room always gets the same id back.
-    from plugin.matrix_state import deterministic_chat_id
+    from plugin.matrix.binding import deterministic_chat_id
 
     assert backfilled == deterministic_chat_id(older)
     assert (await alice.ask(older, "still here", bot.bot_id)).body.startswith("still here")

@@ -15,6 +15,9 @@ from typing import Any
 from aiohttp import web
 from attrs import define, field
 
+# The api_key and headers of the agents the tests configure: it must never reach a room or a log.
+SECRET = "sk-e2e-secret-4242"
+
 
 @define
 class Behavior:
@@ -179,6 +182,19 @@ class FakeOpenAI(FakeServer):
     def base_url(self) -> str:
         return f"{self.url}/v1"
 
+    def agent(self, agent_id: str = "assistant", **extra: Any) -> dict[str, Any]:
+        """The config of an openai agent served by this server."""
+        return {
+            "id": agent_id,
+            "name": agent_id.title(),
+            "backend": "openai",
+            "base_url": self.base_url,
+            "api_key": SECRET,
+            "model": "fake-model",
+            "system_prompt": "You are a test assistant.",
+            **extra,
+        }
+
     def system_prompts(self) -> list[str]:
         return [
             m["content"] for r in self.requests for m in r.body["messages"] if m["role"] == "system"
@@ -200,3 +216,13 @@ class FakeAgentPlatform(FakeServer):
     @property
     def chat_url(self) -> str:
         return f"{self.url}/chat"
+
+    def agent(self, agent_id: str = "platform", **extra: Any) -> dict[str, Any]:
+        """The config of an http agent served by this server."""
+        return {
+            "id": agent_id,
+            "backend": "http",
+            "url": self.chat_url,
+            "headers": {"X-Api-Key": SECRET},
+            **extra,
+        }

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import itertools
 from pathlib import Path
 from typing import Any
@@ -11,28 +10,14 @@ from typing import Any
 from attrs import define
 from ruamel.yaml import YAML
 
+from tests.config import config_yaml
+
 from .matrix_user import MatrixUser
 from .maubot_server import MaubotServer
 from .synapse import Synapse
 
-ROOT = Path(__file__).resolve().parents[2]
 PLUGIN_ID = "org.agentspaces.maubot"
 _counter = itertools.count()
-
-
-def config_yaml(overrides: dict[str, Any] | None = None) -> str:
-    """base-config.yaml with top-level keys replaced, as an operator would edit it in the UI."""
-    yaml = YAML()
-    data = yaml.load((ROOT / "base-config.yaml").read_text())
-    for key, value in (overrides or {}).items():
-        node = data
-        *parents, last = key.split(".")
-        for parent in parents:
-            node = node[parent]
-        node[last] = value
-    buf = io.StringIO()
-    yaml.dump(data, buf)
-    return buf.getvalue()
 
 
 @define

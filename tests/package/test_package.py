@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from ruamel.yaml import YAML
 
-from tests.harness.deploy import ROOT
+from tests.config import ROOT
 
 # What a stock maubot 0.6 install ships besides the standard library.
 RUNTIME_PACKAGES = {"maubot", "mautrix", "aiohttp", "yarl", "attr", "attrs", "ruamel", "commonmark"}

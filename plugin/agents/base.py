@@ -1,0 +1,194 @@
+"""What every agent backend offers, the errors it raises, and the HTTP plumbing they share.
+
+A backend turns one request into a stream of text deltas. A backend that cannot stream yields the
+whole reply as one delta, so the dispatcher handles both the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
+
+import aiohttp
+from attrs import field, frozen
+
+from ..ops.settings import AgentSettings
+
+# Backoff before each retry of a 5xx answer; its length is the number of retries.
+SERVER_ERROR_BACKOFF = (0.5, 1.5)
+# Tries in all (the first one included) when the backend answers 429.
+RATE_LIMIT_TRIES = 3
+# Wait after a 429 without Retry-After, and the most a Retry-After may make us wait.
+DEFAULT_RETRY_AFTER = 1.0
+MAX_RETRY_AFTER = 60.0
+
+
+@frozen
+class Turn:
+    role: str
+    content: str
+
+
+@frozen
+class AgentRequest:
+    """Everything one backend call needs. The agent settings hold secrets: never log this."""
+
+    agent: AgentSettings = field(repr=False)
+    chat_id: str
+    room_id: str
+    sender: str
+    event_id: str
+    text: str
+    # The agent's system prompt with the shared memory appended.
+    system_prompt: str
+    memory: tuple[str, ...]
+    # Earlier turns of the context, oldest first, without the current message.
+    history: tuple[Turn, ...]
+    # Estimated tokens of system prompt, memory, history and message together.
+    context_tokens: int = 0
+
+
+class Backend(Protocol):
+    def reply(self, request: AgentRequest) -> AsyncIterator[str]:
+        """Yields the reply as text deltas: many when streaming, one otherwise."""
+        ...
+
+
+class BackendError(Exception):
+    """A failed agent call. `describe()` is what the room is told; it never holds a secret."""
+
+    kind = "backend"
+
+    def describe(self) -> str:
+        return "it failed"
+
+
+class BackendRefused(BackendError):
+    kind = "refused"
+
+    def describe(self) -> str:
+        return "could not connect to it (connection refused)"
+
+
+class BackendTimeout(BackendError):
+    kind = "timeout"
+
+    def __init__(self, seconds: float | None = None) -> None:
+        super().__init__(seconds)
+        self.seconds = seconds
+
+    def describe(self) -> str:
+        if self.seconds is None:
+            return "it did not answer in time"
+        return f"it did not answer within {self.seconds:g} s"
+
+
+class BackendServerError(BackendError):
+    kind = "server_error"
+
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
+
+    def describe(self) -> str:
+        return f"its server failed (HTTP {self.status})"
+
+
+class BackendRateLimited(BackendError):
+    kind = "rate_limited"
+
+    def describe(self) -> str:
+        return "it is rate limited (HTTP 429) and still refused after waiting"
+
+
+class BackendBadResponse(BackendError):
+    kind = "bad_response"
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+    def describe(self) -> str:
+        return f"its answer was not understood ({self.reason})"
+
+
+class BackendDisconnected(BackendError):
+    kind = "disconnected"
+
+    def describe(self) -> str:
+        return "the connection broke while it was answering"
+
+
+def retry_after_seconds(resp: aiohttp.ClientResponse) -> float:
+    try:
+        value = float(resp.headers.get("Retry-After", ""))
+    except ValueError:
+        return DEFAULT_RETRY_AFTER
+    return min(max(value, 0.0), MAX_RETRY_AFTER)
+
+
+async def post_json(
+    http: aiohttp.ClientSession, url: str, body: dict[str, Any], headers: dict[str, str]
+) -> aiohttp.ClientResponse:
+    """POSTs and returns a 2xx response, retrying 5xx with backoff and 429 after Retry-After.
+
+    Only the opening of the request is retried: once a reply streams, a retry would repeat text.
+    The caller releases the response. The overall time limit is the dispatcher's.
+    """
+    server_retries = 0
+    tries = 0
+    while True:
+        tries += 1
+        try:
+            resp = await http.post(url, json=body, headers=headers)
+        except aiohttp.ClientConnectorError as e:
+            raise BackendRefused() from e
+        except asyncio.TimeoutError as e:
+            raise BackendTimeout() from e
+        except aiohttp.ClientError as e:
+            # The exception text can hold the URL, which the operator chose; the headers never.
+            raise BackendBadResponse(type(e).__name__) from e
+        if resp.status < 300:
+            return resp
+        resp.release()
+        if resp.status == 429:
+            if tries >= RATE_LIMIT_TRIES:
+                raise BackendRateLimited()
+            await asyncio.sleep(retry_after_seconds(resp))
+        elif resp.status >= 500:
+            if server_retries >= len(SERVER_ERROR_BACKOFF):
+                raise BackendServerError(resp.status)
+            await asyncio.sleep(SERVER_ERROR_BACKOFF[server_retries])
+            server_retries += 1
+        else:
+            raise BackendBadResponse(f"HTTP {resp.status}")
+
+
+def is_event_stream(resp: aiohttp.ClientResponse) -> bool:
+    return resp.content_type == "text/event-stream"
+
+
+async def sse_payloads(resp: aiohttp.ClientResponse) -> AsyncIterator[Any]:
+    """The JSON payloads of a `text/event-stream` response's `data:` lines, until `[DONE]`."""
+    async for raw in resp.content:
+        line = raw.decode("utf-8", "replace").strip()
+        if not line.startswith("data:"):
+            continue
+        data = line[5:].strip()
+        if data == "[DONE]":
+            return
+        if not data:
+            continue
+        try:
+            yield json.loads(data)
+        except json.JSONDecodeError as e:
+            raise BackendBadResponse("a stream line is not JSON") from e
+
+
+async def read_json(resp: aiohttp.ClientResponse) -> Any:
+    try:
+        return await resp.json(content_type=None)
+    except (json.JSONDecodeError, aiohttp.ContentTypeError, UnicodeDecodeError) as e:
+        raise BackendBadResponse("the body is not JSON") from e

@@ -1,0 +1,34 @@
+"""Admin commands: the last reconciliation report, and a reconciliation on demand."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from ..startup.reconcile import ReconcileReport
+from .router import CommandRouter, Invocation
+
+
+class AdminCommands:
+    def __init__(
+        self,
+        last_report: Callable[[], ReconcileReport | None],
+        reconcile: Callable[[], Awaitable[ReconcileReport | None]],
+    ) -> None:
+        self.last_report = last_report
+        self.reconcile = reconcile
+
+    def register(self, router: CommandRouter) -> None:
+        router.add(
+            "admin status", "", "Show the last reconciliation report", self.status, admin=True
+        )
+        router.add(
+            "admin reconcile", "", "Rebuild the database from Matrix now", self.run, admin=True
+        )
+
+    async def status(self, inv: Invocation) -> str:
+        report = self.last_report()
+        return report.summary() if report else "No reconciliation has run yet."
+
+    async def run(self, inv: Invocation) -> str:
+        report = await self.reconcile()
+        return report.summary() if report else "Reconciliation failed; the log says why."

@@ -1,0 +1,158 @@
+"""A working room's context: its turns since the last clear, trimming, memory, new contexts.
+
+Sizes are estimated at about four characters per token, which is close enough for English text
+and needs no tokenizer. The system prompt and the memory are never trimmed; turns go oldest first.
+"""
+
+from __future__ import annotations
+
+import attrs
+from attrs import frozen
+
+from ..agents.base import AgentRequest, Turn
+from ..db import Store
+from ..db.rows import RoomRow, TurnRow
+from ..matrix.binding import deterministic_chat_id, new_chat_id
+from ..ops.settings import AgentSettings
+from ..spaces.bindings import Bindings
+
+CHARS_PER_TOKEN = 4
+USER = "user"
+ASSISTANT = "assistant"
+# A compaction summary opens the new context as a system turn.
+SUMMARY = "system"
+SUMMARY_PREFIX = "Summary of the earlier conversation:\n"
+COMPACT_PROMPT = (
+    "Summarise our conversation so far in a few short paragraphs. Keep every fact, name, "
+    "preference and decision that later messages may rely on. Answer with the summary only."
+)
+MEMORY_HEADING = "What the user asked you to remember:"
+
+
+def estimate_tokens(text: str) -> int:
+    return -(-len(text) // CHARS_PER_TOKEN)
+
+
+def chat_id_of(room: RoomRow) -> str:
+    # Never written back here: reconciliation backfills a missing chat id (Matrix first).
+    return room.chat_id or deterministic_chat_id(room.room_id)
+
+
+def system_prompt(agent: AgentSettings, memory: list[str]) -> str:
+    parts = [agent.system_prompt] if agent.system_prompt else []
+    if memory:
+        parts.append("\n".join([MEMORY_HEADING, *(f"- {entry}" for entry in memory)]))
+    return "\n\n".join(parts)
+
+
+def trim(turns: list[TurnRow], fixed_tokens: int, limit: int) -> tuple[list[TurnRow], int]:
+    """Drops the oldest turns until everything fits in `limit`; the newest turn always stays."""
+    total = fixed_tokens + sum(estimate_tokens(t.content) for t in turns)
+    first = 0
+    while total > limit and first < len(turns) - 1:
+        total -= estimate_tokens(turns[first].content)
+        first += 1
+    return turns[first:], total
+
+
+@frozen
+class ContextSummary:
+    turns: int
+    unanswered: int
+    tokens: int
+    limit: int
+    chat_id: str
+    share_memory: bool
+    memory_entries: int
+
+
+class ContextManager:
+    def __init__(self, store: Store, bindings: Bindings) -> None:
+        self.store = store
+        self.bindings = bindings
+
+    async def memory_for(self, room: RoomRow) -> list[str]:
+        if not room.share_memory:
+            return []
+        return [entry.content for entry in await self.store.memory.of_user(room.owner)]
+
+    async def user_turn(self, room_id: str, event_id: str, text: str) -> TurnRow:
+        """The turn of a user message, added once: a message handled again reuses its turn."""
+        existing = await self.store.turns.for_event(room_id, event_id)
+        if existing is not None:
+            return existing
+        return await self.store.turns.add_pending(room_id, event_id, USER, text)
+
+    async def request_for(
+        self,
+        room: RoomRow,
+        agent: AgentSettings,
+        turn: TurnRow,
+        sender: str,
+        text: str | None = None,
+    ) -> AgentRequest:
+        """The request answering `turn` (or `text` after all turns), trimmed to the agent's limit.
+
+        Trimmed turns are deleted, so that the stored context is what the agent saw.
+        """
+        turns = await self.store.turns.of_room(room.room_id)
+        if text is None:
+            earlier = [t for t in turns if t.id < turn.id]
+            current = turn
+        else:
+            # A question about the whole context (compaction): `turn` is its newest turn.
+            earlier = turns
+            current = attrs.evolve(turn, role=USER, content=text)
+        memory = await self.memory_for(room)
+        system = system_prompt(agent, memory)
+        kept, tokens = trim([*earlier, current], estimate_tokens(system), agent.max_context_tokens)
+        if len(kept) < len(earlier) + 1:
+            await self.store.turns.delete_before(room.room_id, kept[0].id)
+        return AgentRequest(
+            agent=agent,
+            chat_id=chat_id_of(room),
+            room_id=room.room_id,
+            sender=sender,
+            event_id=turn.event_id or "",
+            text=current.content,
+            system_prompt=system,
+            memory=tuple(memory),
+            history=tuple(Turn(t.role, t.content) for t in kept[:-1]),
+            context_tokens=tokens,
+        )
+
+    async def summary(self, room: RoomRow, agent: AgentSettings) -> ContextSummary:
+        turns = await self.store.turns.of_room(room.room_id)
+        memory = await self.memory_for(room)
+        fixed = estimate_tokens(system_prompt(agent, memory))
+        return ContextSummary(
+            turns=len(turns),
+            unanswered=sum(1 for t in turns if t.role == USER and not t.answered),
+            tokens=fixed + sum(estimate_tokens(t.content) for t in turns),
+            limit=agent.max_context_tokens,
+            chat_id=chat_id_of(room),
+            share_memory=room.share_memory,
+            memory_entries=len(memory),
+        )
+
+    async def start_new(self, room: RoomRow, context_start: str, summary: str = "") -> str:
+        """Mints a chat id and empties the history: the binding in Matrix first, then the DB.
+
+        With a summary, the new context opens with it. Returns the new chat id.
+        """
+        chat_id = new_chat_id()
+
+        async def reset_turns(tx: Store) -> None:
+            await tx.turns.clear(room.room_id)
+            if summary:
+                await tx.turns.add_answered(
+                    room.room_id, [(None, SUMMARY, SUMMARY_PREFIX + summary)]
+                )
+
+        await self.bindings.change(
+            room, also=reset_turns, chat_id=chat_id, context_start=context_start
+        )
+        return chat_id
+
+    async def set_share(self, room: RoomRow, share: bool) -> None:
+        await self.bindings.change(room, share_memory=share)

@@ -1,0 +1,33 @@
+"""The plugin's database: a cache of Matrix, plus what exists only here (see migrations)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from mautrix.util.async_db import Database
+
+from .tables import EventTable, Executor, MemoryTable, RoomTable, TurnTable, UsageTable, UserTable
+
+
+class Store:
+    """The plugin's tables. One per plugin instance; `transaction()` gives one on a connection."""
+
+    def __init__(self, db: Executor) -> None:
+        self.db = db
+        self.users = UserTable(db)
+        self.rooms = RoomTable(db)
+        self.turns = TurnTable(db)
+        self.memory = MemoryTable(db)
+        self.usage = UsageTable(db)
+        self.events = EventTable(db)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Store]:
+        """The same tables on one connection, committed together (or not at all)."""
+        if not isinstance(self.db, Database):
+            # Already inside a transaction: its connection carries on.
+            yield self
+            return
+        async with self.db.acquire() as conn, conn.transaction():
+            yield Store(conn)

@@ -1,0 +1,130 @@
+"""The rows of the plugin's tables, as attrs classes built with `from_row`."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, TypeVar
+
+import attrs
+from attrs import define, fields
+
+from ..matrix.binding import BINDING_FIELDS, Binding
+
+ACTIVE = "active"
+ARCHIVED = "archived"
+MOVED = "moved"
+
+R = TypeVar("R", bound="Row")
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Row:
+    @classmethod
+    def from_row(cls: type[R], row: Any) -> R:
+        values = {f.name: row[f.name] for f in fields(cls)}
+        for f in fields(cls):
+            if f.type in (bool, "bool"):
+                values[f.name] = bool(values[f.name])
+        return cls(**values)
+
+    @classmethod
+    def columns(cls) -> str:
+        return ", ".join(f.name for f in fields(cls))
+
+    def values(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, f.name) for f in fields(type(self)))
+
+
+@define
+class UserRow(Row):
+    user_id: str
+    space_id: str | None
+    created_at: int
+
+
+@define
+class RoomRow(Row):
+    """A working room: its binding's fields, what Matrix state says of it, and local bookkeeping."""
+
+    room_id: str
+    owner: str
+    space_id: str | None
+    agent_id: str
+    chat_id: str | None
+    title: str
+    context_start: str | None
+    share_memory: bool
+    state: str
+    moved_to: str | None
+    last_event_id: str | None
+    last_event_ts: int
+    created_at: int
+
+    @property
+    def binding(self) -> Binding:
+        return Binding(**{name: getattr(self, name) for name in BINDING_FIELDS})
+
+    def with_binding(self, binding: Binding) -> RoomRow:
+        return attrs.evolve(self, **{name: getattr(binding, name) for name in BINDING_FIELDS})
+
+    @classmethod
+    def new(
+        cls,
+        room_id: str,
+        binding: Binding,
+        title: str,
+        *,
+        state: str = ACTIVE,
+        moved_to: str | None = None,
+        created_at: int | None = None,
+    ) -> RoomRow:
+        """The row of a room with this binding. The catch-up cursor starts empty."""
+        return cls(
+            room_id=room_id,
+            title=title,
+            state=state,
+            moved_to=moved_to,
+            last_event_id=None,
+            last_event_ts=0,
+            created_at=now_ms() if created_at is None else created_at,
+            **{name: getattr(binding, name) for name in BINDING_FIELDS},
+        )
+
+    def from_matrix(self) -> tuple[Any, ...]:
+        """The values that Matrix determines, to compare a cached row with a rebuilt one."""
+        return tuple(getattr(self, name) for name in ROOM_MATRIX_COLUMNS)
+
+
+# Cursors and the creation time are local bookkeeping, not part of what Matrix says.
+ROOM_LOCAL_COLUMNS = ("last_event_id", "last_event_ts", "created_at")
+ROOM_MATRIX_COLUMNS = tuple(f.name for f in fields(RoomRow) if f.name not in ROOM_LOCAL_COLUMNS)
+
+
+@define
+class TurnRow(Row):
+    id: int
+    room_id: str
+    event_id: str | None
+    role: str
+    content: str
+    answered: bool
+    created_at: int
+
+
+@define
+class MemoryRow(Row):
+    id: int
+    user_id: str
+    content: str
+    created_at: int
+
+
+@define
+class UsageRow(Row):
+    user_id: str
+    day: str
+    messages: int
+    tokens: int

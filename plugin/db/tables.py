@@ -1,0 +1,278 @@
+"""Every SQL statement of the plugin, one class per table.
+
+The SQL uses `$1` placeholders; mautrix translates them for SQLite, so the same text runs on
+SQLite and PostgreSQL. Each class runs on a `Database` or on one `Connection` of a transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from mautrix.util.async_db import Connection, Database
+
+from ..matrix.binding import BINDING_FIELDS, Binding
+from .rows import (
+    ACTIVE,
+    ROOM_LOCAL_COLUMNS,
+    MemoryRow,
+    RoomRow,
+    TurnRow,
+    UsageRow,
+    UserRow,
+    now_ms,
+)
+
+Executor = Database | Connection
+
+_ROOM_COLUMNS = RoomRow.columns()
+_ROOM_PLACEHOLDERS = ", ".join(f"${i + 1}" for i in range(len(_ROOM_COLUMNS.split(", "))))
+_ROOM_UPSERT = (
+    f"INSERT INTO room ({_ROOM_COLUMNS}) VALUES ({_ROOM_PLACEHOLDERS}) "
+    "ON CONFLICT (room_id) DO UPDATE SET "
+    + ", ".join(
+        f"{name}=excluded.{name}"
+        for name in _ROOM_COLUMNS.split(", ")
+        if name != "room_id" and name not in ROOM_LOCAL_COLUMNS
+    )
+)
+_ROOM_SET_BINDING = (
+    "UPDATE room SET "
+    + ", ".join(f"{name}=${i + 2}" for i, name in enumerate(BINDING_FIELDS))
+    + " WHERE room_id=$1"
+)
+_USER_UPSERT = (
+    "INSERT INTO agent_user (user_id, space_id, created_at) VALUES ($1, $2, $3) "
+    "ON CONFLICT (user_id) DO UPDATE SET space_id=excluded.space_id"
+)
+
+
+class UserTable:
+    def __init__(self, db: Executor) -> None:
+        self.db = db
+
+    async def get(self, user_id: str) -> UserRow | None:
+        row = await self.db.fetchrow(
+            f"SELECT {UserRow.columns()} FROM agent_user WHERE user_id=$1", user_id
+        )
+        return UserRow.from_row(row) if row else None
+
+    async def by_space(self, space_id: str) -> UserRow | None:
+        row = await self.db.fetchrow(
+            f"SELECT {UserRow.columns()} FROM agent_user WHERE space_id=$1", space_id
+        )
+        return UserRow.from_row(row) if row else None
+
+    async def all(self) -> list[UserRow]:
+        rows = await self.db.fetch(f"SELECT {UserRow.columns()} FROM agent_user ORDER BY user_id")
+        return [UserRow.from_row(row) for row in rows]
+
+    async def upsert(self, user_id: str, space_id: str | None) -> None:
+        await self.db.execute(_USER_UPSERT, user_id, space_id, now_ms())
+
+    async def upsert_many(self, users: list[tuple[str, str | None]]) -> None:
+        now = now_ms()
+        await self.db.executemany(_USER_UPSERT, [(u, s, now) for u, s in users])
+
+
+class RoomTable:
+    def __init__(self, db: Executor) -> None:
+        self.db = db
+
+    async def get(self, room_id: str) -> RoomRow | None:
+        row = await self.db.fetchrow(f"SELECT {_ROOM_COLUMNS} FROM room WHERE room_id=$1", room_id)
+        return RoomRow.from_row(row) if row else None
+
+    async def of_owner(self, owner: str) -> list[RoomRow]:
+        """The owner's active rooms, oldest first."""
+        rows = await self.db.fetch(
+            f"SELECT {_ROOM_COLUMNS} FROM room WHERE owner=$1 AND state=$2 ORDER BY created_at",
+            owner,
+            ACTIVE,
+        )
+        return [RoomRow.from_row(row) for row in rows]
+
+    async def active(self) -> list[RoomRow]:
+        rows = await self.db.fetch(
+            f"SELECT {_ROOM_COLUMNS} FROM room WHERE state=$1 ORDER BY room_id", ACTIVE
+        )
+        return [RoomRow.from_row(row) for row in rows]
+
+    async def all(self) -> list[RoomRow]:
+        rows = await self.db.fetch(f"SELECT {_ROOM_COLUMNS} FROM room ORDER BY room_id")
+        return [RoomRow.from_row(row) for row in rows]
+
+    async def upsert(self, room: RoomRow) -> None:
+        """Inserts a room, or updates what Matrix says of it; local bookkeeping stays."""
+        await self.db.execute(_ROOM_UPSERT, *room.values())
+
+    async def upsert_many(self, rooms: list[RoomRow]) -> None:
+        await self.db.executemany(_ROOM_UPSERT, [room.values() for room in rooms])
+
+    async def set_binding(self, room_id: str, binding: Binding) -> None:
+        values = [getattr(binding, name) for name in BINDING_FIELDS]
+        await self.db.execute(_ROOM_SET_BINDING, room_id, *values)
+
+    async def set_title(self, room_id: str, title: str) -> None:
+        await self.db.execute("UPDATE room SET title=$2 WHERE room_id=$1", room_id, title)
+
+    async def set_state(self, room_id: str, state: str, moved_to: str | None = None) -> None:
+        await self.db.execute(
+            "UPDATE room SET state=$2, moved_to=$3 WHERE room_id=$1", room_id, state, moved_to
+        )
+
+    async def set_cursor(self, room_id: str, event_id: str, timestamp: int) -> None:
+        # Only moves forward, so a late catch-up cannot rewind what the live handler advanced.
+        await self.db.execute(
+            "UPDATE room SET last_event_id=$2, last_event_ts=$3 "
+            "WHERE room_id=$1 AND last_event_ts<=$3",
+            room_id,
+            event_id,
+            timestamp,
+        )
+
+
+class TurnTable:
+    def __init__(self, db: Executor) -> None:
+        self.db = db
+
+    async def add_pending(self, room_id: str, event_id: str, role: str, content: str) -> TurnRow:
+        """Adds a turn still to be answered, and returns its row."""
+        row = await self.db.fetchrow(
+            "INSERT INTO context_turn (room_id, event_id, role, content, answered, created_at) "
+            f"VALUES ($1, $2, $3, $4, false, $5) RETURNING {TurnRow.columns()}",
+            room_id,
+            event_id,
+            role,
+            content,
+            now_ms(),
+        )
+        return TurnRow.from_row(row)
+
+    async def add_answered(
+        self, room_id: str, turns: Iterable[tuple[str | None, str, str]]
+    ) -> None:
+        """Adds answered turns: (event id, role, content) each."""
+        records = [(room_id, ev, role, text, True, now_ms()) for ev, role, text in turns]
+        await self.db.executemany(
+            "INSERT INTO context_turn (room_id, event_id, role, content, answered, created_at) "
+            "VALUES ($1, $2, $3, $4, $5, $6)",
+            records,
+        )
+
+    async def of_room(self, room_id: str) -> list[TurnRow]:
+        rows = await self.db.fetch(
+            f"SELECT {TurnRow.columns()} FROM context_turn WHERE room_id=$1 ORDER BY id", room_id
+        )
+        return [TurnRow.from_row(row) for row in rows]
+
+    async def for_event(self, room_id: str, event_id: str) -> TurnRow | None:
+        row = await self.db.fetchrow(
+            f"SELECT {TurnRow.columns()} FROM context_turn WHERE room_id=$1 AND event_id=$2 "
+            "ORDER BY id LIMIT 1",
+            room_id,
+            event_id,
+        )
+        return TurnRow.from_row(row) if row else None
+
+    async def rooms_with_turns(self) -> set[str]:
+        rows = await self.db.fetch("SELECT DISTINCT room_id FROM context_turn")
+        return {row["room_id"] for row in rows}
+
+    async def has_any(self, room_id: str) -> bool:
+        return bool(
+            await self.db.fetchval("SELECT 1 FROM context_turn WHERE room_id=$1 LIMIT 1", room_id)
+        )
+
+    async def set_answered(self, turn_id: int, answered: bool) -> None:
+        await self.db.execute("UPDATE context_turn SET answered=$2 WHERE id=$1", turn_id, answered)
+
+    async def delete_before(self, room_id: str, first_kept_id: int) -> None:
+        await self.db.execute(
+            "DELETE FROM context_turn WHERE room_id=$1 AND id<$2", room_id, first_kept_id
+        )
+
+    async def delete_after(self, room_id: str, turn_id: int) -> None:
+        await self.db.execute(
+            "DELETE FROM context_turn WHERE room_id=$1 AND id>$2", room_id, turn_id
+        )
+
+    async def clear(self, room_id: str) -> None:
+        await self.db.execute("DELETE FROM context_turn WHERE room_id=$1", room_id)
+
+
+class MemoryTable:
+    def __init__(self, db: Executor) -> None:
+        self.db = db
+
+    async def of_user(self, user_id: str) -> list[MemoryRow]:
+        rows = await self.db.fetch(
+            f"SELECT {MemoryRow.columns()} FROM memory_entry WHERE user_id=$1 ORDER BY id",
+            user_id,
+        )
+        return [MemoryRow.from_row(row) for row in rows]
+
+    async def add(self, user_id: str, content: str) -> None:
+        await self.db.execute(
+            "INSERT INTO memory_entry (user_id, content, created_at) VALUES ($1, $2, $3)",
+            user_id,
+            content,
+            now_ms(),
+        )
+
+    async def delete(self, user_id: str, entry_id: int | None) -> None:
+        """Deletes one entry, or all of the user's with None."""
+        if entry_id is None:
+            await self.db.execute("DELETE FROM memory_entry WHERE user_id=$1", user_id)
+        else:
+            await self.db.execute(
+                "DELETE FROM memory_entry WHERE user_id=$1 AND id=$2", user_id, entry_id
+            )
+
+
+class UsageTable:
+    def __init__(self, db: Executor) -> None:
+        self.db = db
+
+    async def add(self, user_id: str, day: str, messages: int, tokens: int) -> None:
+        await self.db.execute(
+            "INSERT INTO usage (user_id, day, messages, tokens) VALUES ($1, $2, $3, $4) "
+            "ON CONFLICT (user_id, day) DO UPDATE SET messages=usage.messages+excluded.messages, "
+            "tokens=usage.tokens+excluded.tokens",
+            user_id,
+            day,
+            messages,
+            tokens,
+        )
+
+    async def get(self, user_id: str, day: str) -> UsageRow | None:
+        row = await self.db.fetchrow(
+            f"SELECT {UsageRow.columns()} FROM usage WHERE user_id=$1 AND day=$2", user_id, day
+        )
+        return UsageRow.from_row(row) if row else None
+
+
+class EventTable:
+    """Marks of the user events that were handled, so that each is answered once."""
+
+    def __init__(self, db: Executor) -> None:
+        self.db = db
+
+    async def claim(self, event_id: str, room_id: str) -> bool:
+        """Marks an event as handled. False if it already was: exactly one caller wins."""
+        claimed = await self.db.fetchval(
+            "INSERT INTO processed_event (event_id, room_id, processed_at) VALUES ($1, $2, $3) "
+            "ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
+            event_id,
+            room_id,
+            now_ms(),
+        )
+        return claimed is not None
+
+    async def is_processed(self, event_id: str) -> bool:
+        return bool(
+            await self.db.fetchval("SELECT 1 FROM processed_event WHERE event_id=$1", event_id)
+        )
+
+    async def unclaim(self, event_id: str) -> None:
+        """Forgets a claim whose event was never answered, so that the catch-up answers it."""
+        await self.db.execute("DELETE FROM processed_event WHERE event_id=$1", event_id)

@@ -1,0 +1,154 @@
+"""The one sender of everything the bot puts into rooms: messages, edits, notices, command
+replies, reactions, redactions and state.
+
+It encrypts where the room is encrypted, and waits out the homeserver's rate limit as it asks.
+mautrix 0.21 turns an M_LIMIT_EXCEEDED answer into an exception without its body, so the
+`retry_after_ms` the homeserver names would be lost: requests are therefore made here, with the
+client's own HTTP session, homeserver URL and token (`HttpTransport`). A retry reuses the
+transaction id, so a send whose answer was lost is not posted twice. Its failures are Matrix
+failures (`MatrixError`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from logging import Logger
+from typing import Any, Protocol
+
+from maubot.matrix import MaubotMatrixClient
+from mautrix.api import Method, Path, PathBuilder
+from mautrix.errors import MNotFound, make_request_error
+from mautrix.types import EventType, Serializable
+
+from ..ops.metrics import Metrics
+from .render import render
+from .replies import NOTICE, ReplyTarget
+
+# Tries of one request that the homeserver rate-limits, and the wait when it names none.
+SEND_TRIES = 8
+DEFAULT_RETRY_MS = 1000
+MAX_RETRY_MS = 60_000
+MESSAGE = "m.room.message"
+REACTION = "m.reaction"
+
+
+class RateLimited(Exception):
+    def __init__(self, retry_after_ms: int | None) -> None:
+        super().__init__(f"rate limited, retry after {retry_after_ms} ms")
+        self.retry_after_ms = retry_after_ms
+
+
+def retry_delay_ms(error: RateLimited, attempt: int) -> int:
+    """The homeserver's own wait when it names one, else a growing wait."""
+    value = error.retry_after_ms
+    if value is not None and value >= 0:
+        return int(min(value, MAX_RETRY_MS))
+    return min(DEFAULT_RETRY_MS * 2 ** (attempt - 1), MAX_RETRY_MS)
+
+
+class Transport(Protocol):
+    async def request(
+        self, method: Method, path: PathBuilder, body: dict[str, Any]
+    ) -> dict[str, Any]:
+        """One request; raises RateLimited on M_LIMIT_EXCEEDED, MatrixError on other errors."""
+        ...
+
+
+class HttpTransport:
+    """Requests with the client's own session, URL and token, keeping the 429's body."""
+
+    def __init__(self, client: MaubotMatrixClient) -> None:
+        self.api = client.api
+
+    async def request(
+        self, method: Method, path: PathBuilder, body: dict[str, Any]
+    ) -> dict[str, Any]:
+        api = self.api
+        url = api.base_url.with_path(api.base_url.raw_path.rstrip("/") + str(path), encoded=True)
+        headers = {"Authorization": f"Bearer {api.token}"}
+        async with api.session.request(str(method), url, json=body, headers=headers) as resp:
+            text = await resp.text()
+            try:
+                data = await resp.json(content_type=None)
+            except ValueError:
+                data = {}
+        data = data if isinstance(data, dict) else {}
+        if resp.status == 429:
+            retry_after = data.get("retry_after_ms")
+            raise RateLimited(retry_after if isinstance(retry_after, int) else None)
+        if resp.status >= 300 or "event_id" not in data:
+            raise make_request_error(resp.status, text, data.get("errcode"), data.get("error"))
+        return data
+
+
+class Outbox:
+    def __init__(
+        self, client: MaubotMatrixClient, transport: Transport, metrics: Metrics, log: Logger
+    ) -> None:
+        self.client = client
+        self.transport = transport
+        self.metrics = metrics
+        self.log = log
+
+    async def send(self, room_id: str, content: dict[str, Any], event_type: str = MESSAGE) -> str:
+        """Sends one message-like event and returns its id."""
+        plain_type = event_type
+        if event_type != REACTION and await self._encrypted(room_id):
+            encrypted = await self.client.encrypt(room_id, EventType.find(event_type), content)
+            content, event_type = _serialize(encrypted), str(EventType.ROOM_ENCRYPTED)
+        path = Path.v3.rooms[room_id].send[event_type][self.client.api.get_txn_id()]
+        event_id = (await self._request(Method.PUT, path, content, room_id))["event_id"]
+        if plain_type == MESSAGE and "m.new_content" not in content:
+            self.metrics.message_out()
+        return event_id
+
+    async def reply(self, target: ReplyTarget, text: str, msgtype: str = NOTICE) -> str:
+        """Markdown `text` as a reply to the target event (command replies, notices)."""
+        content = render(text, msgtype)
+        content["m.relates_to"] = target.relation()
+        return await self.send(target.room_id, content)
+
+    async def notice(self, room_id: str, text: str) -> str:
+        """Markdown `text` as a notice that replies to nothing."""
+        return await self.send(room_id, render(text, NOTICE))
+
+    async def state(
+        self, room_id: str, event_type: str, content: dict[str, Any], state_key: str = ""
+    ) -> str:
+        path = Path.v3.rooms[room_id].state[event_type][state_key]
+        return (await self._request(Method.PUT, path, content, room_id))["event_id"]
+
+    async def redact(self, room_id: str, event_id: str, reason: str | None = None) -> str:
+        path = Path.v3.rooms[room_id].redact[event_id][self.client.api.get_txn_id()]
+        body = {"reason": reason} if reason else {}
+        return (await self._request(Method.PUT, path, body, room_id))["event_id"]
+
+    async def _encrypted(self, room_id: str) -> bool:
+        if self.client.crypto is None:
+            return False
+        encrypted = await self.client.state_store.is_encrypted(room_id)
+        if encrypted is None:
+            try:
+                await self.client.get_state_event(room_id, EventType.ROOM_ENCRYPTION)
+                encrypted = True
+            except MNotFound:
+                encrypted = False
+        return bool(encrypted)
+
+    async def _request(
+        self, method: Method, path: PathBuilder, body: dict[str, Any], room_id: str
+    ) -> dict[str, Any]:
+        for attempt in range(1, SEND_TRIES + 1):
+            try:
+                return await self.transport.request(method, path, body)
+            except RateLimited as e:
+                if attempt == SEND_TRIES:
+                    raise make_request_error(429, str(e), "M_LIMIT_EXCEEDED", str(e)) from e
+                wait_ms = retry_delay_ms(e, attempt)
+                self.log.info(f"Rate limited sending to {room_id}; retrying in {wait_ms} ms")
+                await asyncio.sleep(wait_ms / 1000)
+        raise AssertionError("unreachable")
+
+
+def _serialize(content: Any) -> dict[str, Any]:
+    return content.serialize() if isinstance(content, Serializable) else dict(content)

@@ -1,0 +1,45 @@
+"""The typed settings that the whole plugin reads; only `ops.config` builds them."""
+
+from __future__ import annotations
+
+from attrs import field, frozen
+
+
+@frozen
+class AgentSettings:
+    id: str
+    name: str
+    description: str
+    backend: str
+    max_context_tokens: int = 8000
+    base_url: str = ""
+    api_key: str = field(default="", repr=False)
+    model: str = ""
+    system_prompt: str = ""
+    stream: bool = True
+    url: str = ""
+    headers: dict[str, str] = field(factory=dict, repr=False)
+    send_history: bool = False
+
+
+@frozen
+class Settings:
+    command_prefix: str
+    agents: dict[str, AgentSettings]
+    default_agent: str
+    allowed: tuple[str, ...]
+    admins: tuple[str, ...]
+    on_invite: bool
+    space_name: str
+    onboarding_rooms: tuple[str, ...]
+    encrypt: str
+    max_concurrency: int
+    edit_interval: float
+    max_edits: int
+    timeout: float
+    messages_per_minute: int
+    daily_tokens: int
+    reconcile_timeout: float
+    catch_up_max_age: float
+    catch_up_max_per_room: int
+    web_token: str = field(repr=False)

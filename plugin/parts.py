@@ -1,0 +1,87 @@
+"""Builds the plugin's parts and wires them together; `bot.py` and the tests share it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from logging import Logger
+
+import aiohttp
+from attrs import define
+from maubot.matrix import MaubotMatrixClient
+
+from .commands.admin import AdminCommands
+from .commands.context import ContextCommands
+from .commands.memory import MemoryCommands
+from .commands.rooms import RoomCommands
+from .commands.router import CommandRouter
+from .conversation.agent_call import AgentCaller
+from .conversation.context import ContextManager
+from .conversation.intake import Intake
+from .conversation.queues import RoomQueues
+from .conversation.quota import Quota
+from .conversation.turn import TurnRunner
+from .conversation.typing import TypingNotices
+from .db import Store
+from .matrix.links import SpaceLinks
+from .matrix.outbox import Outbox, Transport
+from .matrix.record import MatrixRecord
+from .ops.metrics import Metrics
+from .ops.settings import Settings
+from .spaces.bindings import Bindings
+from .spaces.membership import MembershipHandler
+from .spaces.onboarding import Onboarding
+from .spaces.rooms import WorkingRooms
+from .startup.catchup import CatchUp
+from .startup.lifecycle import Startup
+from .startup.reconcile import Reconciler
+
+
+@define
+class Parts:
+    store: Store
+    outbox: Outbox
+    rooms: WorkingRooms
+    onboarding: Onboarding
+    membership: MembershipHandler
+    context: ContextManager
+    queues: RoomQueues
+    intake: Intake
+    router: CommandRouter
+    startup: Startup
+
+
+def build(
+    client: MaubotMatrixClient,
+    transport: Transport,
+    store: Store,
+    http: aiohttp.ClientSession,
+    metrics: Metrics,
+    settings: Callable[[], Settings],
+    log: Logger,
+) -> Parts:
+    server_name = client.mxid.split(":", 1)[1]
+    outbox = Outbox(client, transport, metrics, log)
+    record = MatrixRecord(client)
+    links = SpaceLinks(outbox, server_name)
+    bindings = Bindings(record, store)
+    rooms = WorkingRooms(client, store, outbox, links, bindings, settings, log)
+    onboarding = Onboarding(client, store, record, rooms, settings, log)
+    membership = MembershipHandler(client, store, outbox, onboarding, rooms, record, settings, log)
+    context = ContextManager(store, bindings)
+    quota = Quota(store, settings)
+    caller = AgentCaller(http, TypingNotices(client, log), metrics, settings)
+    dispatch_log = log.getChild("dispatch")
+    turns = TurnRunner(store, context, quota, caller, outbox, metrics, settings, dispatch_log)
+    queues = RoomQueues(turns, dispatch_log)
+    intake = Intake(client.mxid, store, queues, quota, metrics, settings, dispatch_log)
+    reconciler = Reconciler(client, store, record, links, log, membership.handle_invite)
+    catch_up = CatchUp(client, store, outbox, settings, intake.submit, log)
+    startup = Startup(reconciler, catch_up, metrics, log)
+    router = CommandRouter(store, outbox, settings, log)
+    RoomCommands(onboarding, rooms).register(router)
+    ContextCommands(context, intake).register(router)
+    MemoryCommands(store).register(router)
+    AdminCommands(lambda: startup.last_report, startup.reconcile).register(router)
+    return Parts(
+        store, outbox, rooms, onboarding, membership, context, queues, intake, router, startup
+    )

@@ -1,0 +1,44 @@
+"""The one way to create or change a working room's binding: Matrix first, then the database.
+
+If the database write fails after Matrix took the change, the next reconciliation makes the
+database agree with Matrix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import attrs
+
+from ..db import Store
+from ..db.rows import RoomRow
+from ..matrix.binding import Binding
+from ..matrix.record import MatrixRecord
+
+# Further DB writes that belong with the change, run in its transaction.
+AlsoInDb = Callable[[Store], Awaitable[None]]
+MatrixSteps = Callable[[], Awaitable[None]]
+
+
+class Bindings:
+    def __init__(self, record: MatrixRecord, store: Store) -> None:
+        self.record = record
+        self.store = store
+
+    async def create(self, room: RoomRow, then_in_matrix: MatrixSteps | None = None) -> None:
+        """Binds a new room: its account data, the further Matrix steps, then its row."""
+        await self.record.write_binding(room.room_id, room.binding)
+        if then_in_matrix is not None:
+            await then_in_matrix()
+        await self.store.rooms.upsert(room)
+
+    async def change(self, room: RoomRow, also: AlsoInDb | None = None, **fields: Any) -> RoomRow:
+        """Changes binding fields of a room and returns its updated row."""
+        binding: Binding = attrs.evolve(room.binding, **fields)
+        await self.record.write_binding(room.room_id, binding)
+        async with self.store.transaction() as tx:
+            await tx.rooms.set_binding(room.room_id, binding)
+            if also is not None:
+                await also(tx)
+        return room.with_binding(binding)

@@ -1,0 +1,64 @@
+"""What a start runs: reconciliation before the handlers exist, then the catch-up."""
+
+from __future__ import annotations
+
+import asyncio
+from logging import Logger
+
+from ..ops.metrics import Metrics
+from .catchup import CatchUp
+from .reconcile import Reconciler, ReconcileReport
+
+
+class Startup:
+    def __init__(
+        self, reconciler: Reconciler, catch_up: CatchUp, metrics: Metrics, log: Logger
+    ) -> None:
+        self.reconciler = reconciler
+        self.catch_up = catch_up
+        self.metrics = metrics
+        self.log = log
+        self.last_report: ReconcileReport | None = None
+        self._reconcile_task: asyncio.Task[ReconcileReport | None] | None = None
+        self._catch_up_task: asyncio.Task[None] | None = None
+
+    async def reconcile_first(self, budget: float) -> None:
+        """Reconciles, for at most `budget` seconds; past it, the rest runs in the background."""
+        self._reconcile_task = asyncio.create_task(self.reconcile())
+        try:
+            await asyncio.wait_for(asyncio.shield(self._reconcile_task), budget)
+        except asyncio.TimeoutError:
+            self.log.warning(
+                f"Reconciliation takes longer than {budget} s; "
+                "starting the handlers, it completes in the background"
+            )
+
+    def start_catch_up(self) -> None:
+        self._catch_up_task = asyncio.create_task(self._catch_up())
+
+    async def stop(self) -> None:
+        for task in (self._reconcile_task, self._catch_up_task):
+            if task is not None and not task.done():
+                task.cancel()
+
+    async def reconcile(self) -> ReconcileReport | None:
+        try:
+            report = await self.reconciler.run()
+        except Exception as e:
+            self.log.exception("Reconciliation failed; routing with the cached state")
+            self.metrics.error("reconcile", str(e))
+            return None
+        self.last_report = report
+        self.metrics.reconciled(report.duration, report.counts())
+        self.log.info(report.summary())
+        return report
+
+    async def _catch_up(self) -> None:
+        # Catch-up answers from the reconciled state, so it waits for a slow reconciliation.
+        if self._reconcile_task is not None:
+            await self._reconcile_task
+        try:
+            await self.catch_up.run()
+        except Exception as e:
+            self.log.exception("Catch-up failed")
+            self.metrics.error("catch_up", str(e))
