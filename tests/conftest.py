@@ -210,3 +210,60 @@ async def bot(
     deployment = await deploy(maubot_server, synapse, mbp, prober)
     yield deployment
     await maubot_server.retire(deployment.bot_id, deployment.instance_id)
+
+
+# ==== Older homeserver: Synapse 1.130, default room version 10, no room version 12 =============
+# For tests/e2e/test_room_versions.py. One block, kept at the end of this file.
+
+# Built by `make venv-synapse-old` (a dependency of `make test`) from requirements-synapse-old.txt.
+SYNAPSE_OLD_PYTHON = ROOT / ".venv-synapse-old" / "bin" / "python"
+
+
+@pytest.fixture(scope="session")
+def old_synapse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Synapse]:
+    """Synapse 1.130 from its own venv, on SQLite, with the same config as `synapse`."""
+    # A bare `pytest` run builds the venv too, as `mbp` builds the plugin; make makes it once.
+    subprocess.run(["make", "-s", "venv-synapse-old"], cwd=ROOT, check=True)
+    server = Synapse(tmp_path_factory.mktemp("synapse-old"), python=SYNAPSE_OLD_PYTHON)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def old_maubot_server(
+    old_synapse: Synapse, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[MaubotServer]:
+    """A maubot on the older homeserver. SQLite plugin databases only: what differs there is the
+    room version, which the plugin database does not see."""
+    server = MaubotServer(tmp_path_factory.mktemp("maubot-old"), old_synapse.url, None)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def old_make_user(
+    old_synapse: Synapse,
+) -> AsyncIterator[Callable[[str], Awaitable[MatrixUser]]]:
+    """Like `make_user`, on the older homeserver: users must be registered where they talk."""
+    # Imported here so that this block is all this file gains.
+    from tests.harness.matrix_user import Users
+
+    users = Users(old_synapse)
+    yield users.make
+    await users.close()
+
+
+@pytest.fixture
+async def old_bot(
+    old_maubot_server: MaubotServer, old_synapse: Synapse, mbp: Path, old_make_user: Callable
+) -> AsyncIterator[Deployment]:
+    """Like `bot`, on the older homeserver."""
+    from tests.harness.deploy import deployed
+
+    async with deployed(old_maubot_server, old_synapse, mbp, old_make_user) as deployment:
+        yield deployment
+
+
+# ==== End of the older homeserver block =========================================================

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -99,3 +101,18 @@ async def deploy(
     await deployment.update_config(config)
     await deployment.wait_live()
     return deployment
+
+
+@asynccontextmanager
+async def deployed(
+    server: MaubotServer,
+    synapse: Synapse,
+    mbp: Path,
+    make_user: Callable[[str], Awaitable[MatrixUser]],
+) -> AsyncIterator[Deployment]:
+    """A fresh, live deployment with its own prober, retired (not deleted) when the block ends."""
+    deployment = await deploy(server, synapse, mbp, await make_user("prober"))
+    try:
+        yield deployment
+    finally:
+        await server.retire(deployment.bot_id, deployment.instance_id)

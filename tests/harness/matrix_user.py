@@ -8,15 +8,20 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import aiohttp
 from attrs import define
 
+if TYPE_CHECKING:
+    from .synapse import Synapse
+
 STREAMING_KEY = "org.agentspaces.streaming"
 _txn = itertools.count()
+_localparts = itertools.count()
 
 
 class MatrixError(Exception):
@@ -291,3 +296,28 @@ class MatrixUser:
         """Sends a message and returns the bot's final reply to it."""
         event_id = await self.send_text(room_id, text)
         return await self.wait_for_reply(room_id, event_id, bot, timeout)
+
+
+class Users:
+    """Registers users on one homeserver, each with its /sync loop running, and closes them all.
+
+    A user exists only on the homeserver that registered it, so each homeserver a test talks to
+    needs users of its own.
+    """
+
+    def __init__(self, synapse: Synapse) -> None:
+        self.synapse = synapse
+        self._made: list[MatrixUser] = []
+
+    async def make(self, name: str = "user") -> MatrixUser:
+        localpart = f"{name}{next(_localparts)}_{uuid.uuid4().hex[:6]}"
+        account = await asyncio.to_thread(self.synapse.register, localpart)
+        user = MatrixUser(self.synapse.url, account["user_id"], account["access_token"])
+        user.start()
+        await user.synced_once.wait()
+        self._made.append(user)
+        return user
+
+    async def close(self) -> None:
+        for user in self._made:
+            await user.close()
