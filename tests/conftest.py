@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import logging
 import os
@@ -27,15 +26,14 @@ from tests.config import ROOT
 from tests.fakes.matrix import FakeMatrix
 from tests.fakes.servers import FakeAgentPlatform, FakeOpenAI
 from tests.fakes.world import World, make_world
-from tests.harness.deploy import Deployment, deploy
-from tests.harness.matrix_user import MatrixUser
+from tests.harness.deploy import Deployment, deployed
+from tests.harness.matrix_user import MatrixUser, Users
 from tests.harness.maubot_server import MaubotServer
 from tests.harness.synapse import Synapse
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "AGENTSPACES_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
-_users = itertools.count()
 _schemas = itertools.count()
 
 
@@ -184,21 +182,9 @@ def maubot_server(
 
 @pytest.fixture
 async def make_user(synapse: Synapse) -> AsyncIterator[Callable[[str], Awaitable[MatrixUser]]]:
-    users: list[MatrixUser] = []
-
-    async def make(name: str = "user") -> MatrixUser:
-        account = await asyncio.to_thread(
-            synapse.register, f"{name}{next(_users)}_{uuid.uuid4().hex[:6]}"
-        )
-        user = MatrixUser(synapse.url, account["user_id"], account["access_token"])
-        user.start()
-        await user.synced_once.wait()
-        users.append(user)
-        return user
-
-    yield make
-    for user in users:
-        await user.close()
+    users = Users(synapse)
+    yield users.make
+    await users.close()
 
 
 @pytest.fixture
@@ -206,15 +192,11 @@ async def bot(
     maubot_server: MaubotServer, synapse: Synapse, mbp: Path, make_user: Callable
 ) -> AsyncIterator[Deployment]:
     """A fresh instance of the uploaded plugin on a fresh bot account, live and syncing."""
-    prober = await make_user("prober")
-    deployment = await deploy(maubot_server, synapse, mbp, prober)
-    yield deployment
-    await maubot_server.retire(deployment.bot_id, deployment.instance_id)
+    async with deployed(maubot_server, synapse, mbp, make_user) as deployment:
+        yield deployment
 
 
-# ==== Older homeserver: Synapse 1.130, default room version 10, no room version 12 =============
-# For tests/e2e/test_room_versions.py. One block, kept at the end of this file.
-
+# Older homeserver: Synapse 1.130, default room version 10, no room version 12
 # Built by `make venv-synapse-old` (a dependency of `make test`) from requirements-synapse-old.txt.
 SYNAPSE_OLD_PYTHON = ROOT / ".venv-synapse-old" / "bin" / "python"
 
@@ -247,9 +229,6 @@ async def old_make_user(
     old_synapse: Synapse,
 ) -> AsyncIterator[Callable[[str], Awaitable[MatrixUser]]]:
     """Like `make_user`, on the older homeserver: users must be registered where they talk."""
-    # Imported here so that this block is all this file gains.
-    from tests.harness.matrix_user import Users
-
     users = Users(old_synapse)
     yield users.make
     await users.close()
@@ -260,10 +239,5 @@ async def old_bot(
     old_maubot_server: MaubotServer, old_synapse: Synapse, mbp: Path, old_make_user: Callable
 ) -> AsyncIterator[Deployment]:
     """Like `bot`, on the older homeserver."""
-    from tests.harness.deploy import deployed
-
     async with deployed(old_maubot_server, old_synapse, mbp, old_make_user) as deployment:
         yield deployment
-
-
-# ==== End of the older homeserver block =========================================================
