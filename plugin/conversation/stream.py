@@ -1,55 +1,196 @@
-"""One streamed answer: a first message, edits at most every `interval`, a final edit."""
+"""One answer as the user sees it: a reply to their message, edited as the agent's text grows,
+and split into consecutive parts wherever one event would grow too large.
+
+The agent's deltas are buffered (`add` never waits for Matrix), and a flusher sends at most one
+edit per `edit_interval`, so Matrix's pace never eats into the agent's time limit. Each part is a
+reply to the user's message; all but the last are marked as continued, so that only the last
+part's final edit makes the message answered. An interrupted reply (a stop or a crash while it
+streamed) is taken over: its parts are edited into the complete answer, and parts it no longer
+needs are redacted.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
+
+from attrs import define
 
 from ..matrix.outbox import Outbox
 from ..matrix.render import edit_content, render
-from ..matrix.replies import NOTICE, TEXT, ReplyTarget
+from ..matrix.replies import CONTINUED_KEY, FAILED_KEY, NOTICE, TEXT, ReplyTarget
 from ..ops.settings import Settings
+
+# The most text one part holds, counted as its JSON-escaped size: a part's edit carries the text
+# three times (body, new body, HTML), and an encrypted event grows by a third, which keeps every
+# event well under Matrix's 64 KiB.
+PART_BUDGET = 10_000
+# A part ends at a paragraph, a line or a word when one is this close to the budget.
+_SPLIT_WINDOW = 0.3
+
+
+def escaped_size(text: str) -> int:
+    return len(json.dumps(text)) - 2
+
+
+def split_point(text: str, budget: int) -> int:
+    """Where a part that outgrew the budget ends: the latest paragraph, line or word break in
+    the window before the budget, else the budget itself (in characters that fit)."""
+    limit = len(text)
+    while limit > 1 and escaped_size(text[:limit]) > budget:
+        limit = max(1, int(limit * budget / escaped_size(text[:limit])) - 1)
+    floor = int(limit * (1 - _SPLIT_WINDOW))
+    for separator in ("\n\n", "\n", " "):
+        cut = text.rfind(separator, floor, limit)
+        if cut > 0:
+            return cut + len(separator)
+    return limit
+
+
+@define
+class Part:
+    text: str = ""
+    event_id: str | None = None
+    # What Matrix shows of this part now: its text, and whether that is final.
+    shown: str | None = None
+    shown_final: bool = False
 
 
 class ReplyStream:
-    def __init__(self, outbox: Outbox, target: ReplyTarget, settings: Settings) -> None:
+    def __init__(
+        self,
+        outbox: Outbox,
+        target: ReplyTarget,
+        settings: Settings,
+        resume: list[str] | None = None,
+    ) -> None:
         self.outbox = outbox
         self.target = target
         self.interval = settings.edit_interval
         self.max_edits = settings.max_edits
-        self.text = ""
+        self.parts: list[Part] = [Part()]
+        self._reuse = list(resume or [])
         self.deltas = 0
-        self.event_id: str | None = None
         self.edits = 0
         self.started = time.monotonic()
         self.last_sent = 0.0
+        self._wake = asyncio.Event()
+        self._flusher: asyncio.Task[None] | None = None
+        self._error: BaseException | None = None
 
-    async def add(self, delta: str) -> None:
-        self.text += delta
+    @property
+    def text(self) -> str:
+        return "".join(part.text for part in self.parts)
+
+    @property
+    def event_ids(self) -> list[str]:
+        return [part.event_id for part in self.parts if part.event_id]
+
+    def start(self) -> None:
+        self._flusher = asyncio.create_task(self._flush_loop())
+
+    def add(self, delta: str) -> None:
+        """Takes a delta of the agent's text. Raises the Matrix error that stopped the stream."""
+        if self._error is not None:
+            raise self._error
+        current = self.parts[-1]
+        current.text += delta
         self.deltas += 1
-        now = time.monotonic()
-        # A reply that arrives whole, or within one interval, is one message without edits.
-        if self.event_id is None:
-            if self.deltas > 1 and now - self.started >= self.interval and self.text.strip():
-                await self._send(self.text, TEXT, streaming=True)
-        elif self.edits < self.max_edits and now - self.last_sent >= self.interval:
-            self.edits += 1
-            await self._send(self.text, TEXT, streaming=True)
+        while escaped_size(current.text) > PART_BUDGET:
+            cut = split_point(current.text, PART_BUDGET)
+            current.text, rest = current.text[:cut], current.text[cut:]
+            current = Part(text=rest)
+            self.parts.append(current)
+        self._wake.set()
 
     async def finish(self) -> None:
-        await self._send(self.text, TEXT, streaming=False)
+        """Shows the whole answer, final; raises a Matrix error if it cannot be shown."""
+        await self._stop_flusher()
+        if len(self.parts) > 1 and not self.parts[-1].text.strip():
+            # The answer ended where a part did: that part is the last one after all.
+            self.parts[-2].text += self.parts.pop().text
+        await self._show_all(final=True)
+        await self._redact_unused()
 
     async def fail(self, notice: str) -> None:
-        """Tells the room; a partly streamed reply is closed with the notice under it."""
-        if self.event_id is not None:
-            await self._send(f"{self.text}\n\n---\n{notice}", TEXT, streaming=False)
-        else:
-            await self._send(notice, NOTICE, streaming=False)
-
-    async def _send(self, text: str, msgtype: str, streaming: bool) -> None:
-        content = render(text, msgtype, streaming)
-        self.last_sent = time.monotonic()
-        if self.event_id is None:
+        """Tells the room; a partly shown reply is closed with the notice under it."""
+        await self._stop_flusher()
+        if not any(part.event_id for part in self.parts) and not self._reuse:
+            content = render(notice, NOTICE)
+            content[FAILED_KEY] = True
             content["m.relates_to"] = self.target.relation()
-            self.event_id = await self.outbox.send(self.target.room_id, content)
+            await self.outbox.send(self.target.room_id, content)
+            return
+        self.parts[-1].text += f"\n\n---\n{notice}"
+        await self._show_all(final=True, failed=True)
+        await self._redact_unused()
+
+    async def close(self) -> None:
+        """Stops the flusher without showing more (the answer is abandoned)."""
+        await self._stop_flusher()
+
+    async def _stop_flusher(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            await asyncio.gather(self._flusher, return_exceptions=True)
+            self._flusher = None
+        if self._error is not None:
+            raise self._error
+
+    async def _flush_loop(self) -> None:
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                wait = self.interval - (time.monotonic() - max(self.last_sent, self.started))
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                await self._show_streaming()
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            self._error = e
+
+    async def _show_streaming(self) -> None:
+        # Parts that are complete are shown final at once; the growing one as an edit.
+        for part in self.parts[:-1]:
+            await self._show(part, final=True, continued=True)
+        current = self.parts[-1]
+        if not current.text.strip():
+            return
+        if current.event_id is None and not self._reuse:
+            if self.deltas > 1:
+                await self._show(current, final=False, continued=False)
+        elif self.edits < self.max_edits:
+            self.edits += 1
+            await self._show(current, final=False, continued=False)
+
+    async def _show_all(self, final: bool, failed: bool = False) -> None:
+        for part in self.parts[:-1]:
+            await self._show(part, final=True, continued=True)
+        await self._show(self.parts[-1], final=final, continued=False, failed=failed)
+
+    async def _show(self, part: Part, final: bool, continued: bool, failed: bool = False) -> None:
+        if part.shown == part.text and part.shown_final == final and not failed:
+            return
+        content = render(part.text, TEXT, streaming=not final)
+        if continued:
+            content[CONTINUED_KEY] = True
+        if failed:
+            content[FAILED_KEY] = True
+        self.last_sent = time.monotonic()
+        if part.event_id is None and self._reuse:
+            part.event_id = self._reuse.pop(0)
+        if part.event_id is None:
+            content["m.relates_to"] = self.target.relation()
+            part.event_id = await self.outbox.send(self.target.room_id, content)
         else:
-            await self.outbox.send(self.target.room_id, edit_content(self.event_id, content))
+            await self.outbox.send(self.target.room_id, edit_content(part.event_id, content))
+        part.shown, part.shown_final = part.text, final
+
+    async def _redact_unused(self) -> None:
+        while self._reuse:
+            await self.outbox.redact(self.target.room_id, self._reuse.pop(0), "replaced")
+
+

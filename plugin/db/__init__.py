@@ -7,7 +7,16 @@ from contextlib import asynccontextmanager
 
 from mautrix.util.async_db import Database
 
-from .tables import EventTable, Executor, MemoryTable, RoomTable, TurnTable, UsageTable, UserTable
+from .tables import (
+    Executor,
+    MemoryTable,
+    MessageTable,
+    RoomTable,
+    StateTable,
+    TurnTable,
+    UsageTable,
+    UserTable,
+)
 
 
 class Store:
@@ -20,7 +29,8 @@ class Store:
         self.turns = TurnTable(db)
         self.memory = MemoryTable(db)
         self.usage = UsageTable(db)
-        self.events = EventTable(db)
+        self.messages = MessageTable(db)
+        self.state = StateTable(db)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Store]:

@@ -2,14 +2,14 @@
 
 A new database jumps straight to the latest revision; an older one runs the incremental steps.
 The database is a cache of what Matrix holds (see startup/), except for context turns, memory,
-processed marks and usage, which exist only here.
+the delivery state of messages, usage and the last valid config, which exist only here.
 """
 
 from __future__ import annotations
 
 from mautrix.util.async_db import Connection, Scheme, UpgradeTable
 
-LATEST_VERSION = 2
+LATEST_VERSION = 3
 
 upgrade_table = UpgradeTable()
 
@@ -24,9 +24,11 @@ def _serial(scheme: Scheme) -> str:
 async def upgrade_latest(conn: Connection, scheme: Scheme) -> None:
     await conn.execute(
         """CREATE TABLE agent_user (
-            user_id     TEXT PRIMARY KEY,
-            space_id    TEXT,
-            created_at  BIGINT NOT NULL
+            user_id        TEXT PRIMARY KEY,
+            space_id       TEXT,
+            created_at     BIGINT NOT NULL,
+            updated_at     BIGINT NOT NULL DEFAULT 0,
+            access_notice  BOOLEAN NOT NULL DEFAULT false
         )"""
     )
     await conn.execute(
@@ -43,11 +45,13 @@ async def upgrade_latest(conn: Connection, scheme: Scheme) -> None:
             moved_to       TEXT,
             last_event_id  TEXT,
             last_event_ts  BIGINT NOT NULL DEFAULT 0,
-            created_at     BIGINT NOT NULL
+            created_at     BIGINT NOT NULL,
+            updated_at     BIGINT NOT NULL DEFAULT 0
         )"""
     )
     await conn.execute("CREATE INDEX room_owner_idx ON room (owner)")
     await _create_local_tables(conn, scheme)
+    await _create_v3_tables(conn, scheme)
 
 
 async def _create_local_tables(conn: Connection, scheme: Scheme) -> None:
@@ -73,13 +77,6 @@ async def _create_local_tables(conn: Connection, scheme: Scheme) -> None:
     )
     await conn.execute("CREATE INDEX memory_entry_user_idx ON memory_entry (user_id, id)")
     await conn.execute(
-        """CREATE TABLE processed_event (
-            event_id      TEXT PRIMARY KEY,
-            room_id       TEXT NOT NULL,
-            processed_at  BIGINT NOT NULL
-        )"""
-    )
-    await conn.execute(
         """CREATE TABLE usage (
             user_id   TEXT NOT NULL,
             day       TEXT NOT NULL,
@@ -90,8 +87,51 @@ async def _create_local_tables(conn: Connection, scheme: Scheme) -> None:
     )
 
 
+async def _create_v3_tables(conn: Connection, scheme: Scheme) -> None:
+    # The delivery state of every message for an agent: received, answering, answered. `id`
+    # keeps the order in which the homeserver delivered them.
+    await conn.execute(
+        f"""CREATE TABLE message (
+            id          {_serial(scheme)},
+            event_id    TEXT NOT NULL UNIQUE,
+            room_id     TEXT NOT NULL,
+            sender      TEXT NOT NULL,
+            sent_at     BIGINT NOT NULL,
+            content     TEXT NOT NULL,
+            state       TEXT NOT NULL,
+            updated_at  BIGINT NOT NULL
+        )"""
+    )
+    await conn.execute("CREATE INDEX message_state_idx ON message (state, room_id, id)")
+    await conn.execute(
+        """CREATE TABLE plugin_state (
+            key         TEXT PRIMARY KEY,
+            value       TEXT NOT NULL,
+            updated_at  BIGINT NOT NULL
+        )"""
+    )
+
+
 @upgrade_table.register(description="Add the platform chat id to rooms")
 async def upgrade_v2(conn: Connection) -> None:
     # Version 1 rooms had no chat id. The column stays NULL here: reconciliation backfills it
     # deterministically at the first start, and writes it back to Matrix.
     await conn.execute("ALTER TABLE room ADD COLUMN chat_id TEXT")
+
+
+@upgrade_table.register(description="Delivery state of messages; guards for live reconciliation")
+async def upgrade_v3(conn: Connection, scheme: Scheme) -> None:
+    await _create_v3_tables(conn, scheme)
+    # A processed mark said "handled" (queued, maybe answered); the catch-up's timeline check
+    # covers what it got wrong, so the marks carry over as answered.
+    await conn.execute(
+        "INSERT INTO message (event_id, room_id, sender, sent_at, content, state, updated_at) "
+        "SELECT event_id, room_id, '', processed_at, '{}', 'answered', processed_at "
+        "FROM processed_event"
+    )
+    await conn.execute("DROP TABLE processed_event")
+    await conn.execute("ALTER TABLE room ADD COLUMN updated_at BIGINT NOT NULL DEFAULT 0")
+    await conn.execute("ALTER TABLE agent_user ADD COLUMN updated_at BIGINT NOT NULL DEFAULT 0")
+    await conn.execute(
+        "ALTER TABLE agent_user ADD COLUMN access_notice BOOLEAN NOT NULL DEFAULT false"
+    )

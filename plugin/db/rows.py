@@ -43,6 +43,9 @@ class UserRow(Row):
     user_id: str
     space_id: str | None
     created_at: int
+    updated_at: int = 0
+    # The user was told that their access was revoked; cleared once it returns.
+    access_notice: bool = False
 
 
 @define
@@ -62,6 +65,8 @@ class RoomRow(Row):
     last_event_id: str | None
     last_event_ts: int
     created_at: int
+    # When the plugin last changed the row: a reconciliation that read Matrix before then keeps it.
+    updated_at: int = 0
 
     @property
     def binding(self) -> Binding:
@@ -90,6 +95,7 @@ class RoomRow(Row):
             last_event_id=None,
             last_event_ts=0,
             created_at=now_ms() if created_at is None else created_at,
+            updated_at=now_ms(),
             **{name: getattr(binding, name) for name in BINDING_FIELDS},
         )
 
@@ -99,8 +105,30 @@ class RoomRow(Row):
 
 
 # Cursors and the creation time are local bookkeeping, not part of what Matrix says.
-ROOM_LOCAL_COLUMNS = ("last_event_id", "last_event_ts", "created_at")
+ROOM_LOCAL_COLUMNS = ("last_event_id", "last_event_ts", "created_at", "updated_at")
 ROOM_MATRIX_COLUMNS = tuple(f.name for f in fields(RoomRow) if f.name not in ROOM_LOCAL_COLUMNS)
+
+
+RECEIVED = "received"
+ANSWERING = "answering"
+ANSWERED = "answered"
+
+
+@define
+class MessageRow(Row):
+    """A message for an agent and where its delivery stands: received, answering, answered.
+
+    Answered means a final answer, or a final failure notice, is in Matrix."""
+
+    id: int
+    event_id: str
+    room_id: str
+    sender: str
+    sent_at: int
+    # The event's (decrypted) content as JSON, so that it can be answered after a restart.
+    content: str
+    state: str
+    updated_at: int
 
 
 @define

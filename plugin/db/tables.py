@@ -13,8 +13,10 @@ from mautrix.util.async_db import Connection, Database
 from ..matrix.binding import BINDING_FIELDS, Binding
 from .rows import (
     ACTIVE,
+    ANSWERED,
     ROOM_LOCAL_COLUMNS,
     MemoryRow,
+    MessageRow,
     RoomRow,
     TurnRow,
     UsageRow,
@@ -25,25 +27,36 @@ from .rows import (
 Executor = Database | Connection
 
 _ROOM_COLUMNS = RoomRow.columns()
-_ROOM_PLACEHOLDERS = ", ".join(f"${i + 1}" for i in range(len(_ROOM_COLUMNS.split(", "))))
+_ROOM_NAMES = _ROOM_COLUMNS.split(", ")
+_ROOM_PLACEHOLDERS = ", ".join(f"${i + 1}" for i in range(len(_ROOM_NAMES)))
+# An upsert updates what Matrix says of a room; cursors and the creation time stay.
 _ROOM_UPSERT = (
     f"INSERT INTO room ({_ROOM_COLUMNS}) VALUES ({_ROOM_PLACEHOLDERS}) "
     "ON CONFLICT (room_id) DO UPDATE SET "
     + ", ".join(
         f"{name}=excluded.{name}"
-        for name in _ROOM_COLUMNS.split(", ")
-        if name != "room_id" and name not in ROOM_LOCAL_COLUMNS
+        for name in _ROOM_NAMES
+        if name == "updated_at" or (name != "room_id" and name not in ROOM_LOCAL_COLUMNS)
     )
 )
+# The same, unless the plugin changed the row after a given time (a live reconciliation's start).
+_ROOM_UPSERT_UNCHANGED = _ROOM_UPSERT + f" WHERE room.updated_at <= ${len(_ROOM_NAMES) + 1}"
 _ROOM_SET_BINDING = (
     "UPDATE room SET "
-    + ", ".join(f"{name}=${i + 2}" for i, name in enumerate(BINDING_FIELDS))
-    + " WHERE room_id=$1"
+    + ", ".join(f"{name}=${i + 3}" for i, name in enumerate(BINDING_FIELDS))
+    + ", updated_at=$2 WHERE room_id=$1"
 )
+_USER_COLUMNS = UserRow.columns()
 _USER_UPSERT = (
-    "INSERT INTO agent_user (user_id, space_id, created_at) VALUES ($1, $2, $3) "
-    "ON CONFLICT (user_id) DO UPDATE SET space_id=excluded.space_id"
+    "INSERT INTO agent_user (user_id, space_id, created_at, updated_at) VALUES ($1, $2, $3, $3) "
+    "ON CONFLICT (user_id) DO UPDATE SET space_id=excluded.space_id, updated_at=excluded.updated_at"
 )
+_USER_UPSERT_UNCHANGED = (
+    "INSERT INTO agent_user (user_id, space_id, created_at, updated_at) VALUES ($1, $2, $3, 0) "
+    "ON CONFLICT (user_id) DO UPDATE SET space_id=excluded.space_id "
+    "WHERE agent_user.updated_at <= $4"
+)
+_MESSAGE_COLUMNS = MessageRow.columns()
 
 
 class UserTable:
@@ -52,26 +65,37 @@ class UserTable:
 
     async def get(self, user_id: str) -> UserRow | None:
         row = await self.db.fetchrow(
-            f"SELECT {UserRow.columns()} FROM agent_user WHERE user_id=$1", user_id
+            f"SELECT {_USER_COLUMNS} FROM agent_user WHERE user_id=$1", user_id
         )
         return UserRow.from_row(row) if row else None
 
     async def by_space(self, space_id: str) -> UserRow | None:
         row = await self.db.fetchrow(
-            f"SELECT {UserRow.columns()} FROM agent_user WHERE space_id=$1", space_id
+            f"SELECT {_USER_COLUMNS} FROM agent_user WHERE space_id=$1", space_id
         )
         return UserRow.from_row(row) if row else None
 
     async def all(self) -> list[UserRow]:
-        rows = await self.db.fetch(f"SELECT {UserRow.columns()} FROM agent_user ORDER BY user_id")
+        rows = await self.db.fetch(f"SELECT {_USER_COLUMNS} FROM agent_user ORDER BY user_id")
         return [UserRow.from_row(row) for row in rows]
 
     async def upsert(self, user_id: str, space_id: str | None) -> None:
         await self.db.execute(_USER_UPSERT, user_id, space_id, now_ms())
 
-    async def upsert_many(self, users: list[tuple[str, str | None]]) -> None:
+    async def upsert_unchanged_since(self, users: list[tuple[str, str | None]], since: int) -> None:
+        """Upserts users, except those the plugin changed after `since`."""
         now = now_ms()
-        await self.db.executemany(_USER_UPSERT, [(u, s, now) for u, s in users])
+        await self.db.executemany(_USER_UPSERT_UNCHANGED, [(u, s, now, since) for u, s in users])
+
+    async def set_access_notice(self, user_id: str, told: bool) -> None:
+        await self.db.execute(
+            "INSERT INTO agent_user (user_id, space_id, created_at, access_notice) "
+            "VALUES ($1, NULL, $2, $3) "
+            "ON CONFLICT (user_id) DO UPDATE SET access_notice=excluded.access_notice",
+            user_id,
+            now_ms(),
+            told,
+        )
 
 
 class RoomTable:
@@ -105,19 +129,35 @@ class RoomTable:
         """Inserts a room, or updates what Matrix says of it; local bookkeeping stays."""
         await self.db.execute(_ROOM_UPSERT, *room.values())
 
-    async def upsert_many(self, rooms: list[RoomRow]) -> None:
-        await self.db.executemany(_ROOM_UPSERT, [room.values() for room in rooms])
+    async def upsert_unchanged_since(self, rooms: list[RoomRow], since: int) -> None:
+        """Upserts rooms, except those the plugin changed after `since`."""
+        await self.db.executemany(
+            _ROOM_UPSERT_UNCHANGED, [(*room.values(), since) for room in rooms]
+        )
 
     async def set_binding(self, room_id: str, binding: Binding) -> None:
         values = [getattr(binding, name) for name in BINDING_FIELDS]
-        await self.db.execute(_ROOM_SET_BINDING, room_id, *values)
+        await self.db.execute(_ROOM_SET_BINDING, room_id, now_ms(), *values)
 
     async def set_title(self, room_id: str, title: str) -> None:
-        await self.db.execute("UPDATE room SET title=$2 WHERE room_id=$1", room_id, title)
+        await self.db.execute(
+            "UPDATE room SET title=$2, updated_at=$3 WHERE room_id=$1", room_id, title, now_ms()
+        )
 
     async def set_state(self, room_id: str, state: str, moved_to: str | None = None) -> None:
         await self.db.execute(
-            "UPDATE room SET state=$2, moved_to=$3 WHERE room_id=$1", room_id, state, moved_to
+            "UPDATE room SET state=$2, moved_to=$3, updated_at=$4 WHERE room_id=$1",
+            room_id,
+            state,
+            moved_to,
+            now_ms(),
+        )
+
+    async def count_of_owner(self, owner: str) -> int:
+        return int(
+            await self.db.fetchval(
+                "SELECT COUNT(*) FROM room WHERE owner=$1 AND state=$2", owner, ACTIVE
+            )
         )
 
     async def set_cursor(self, room_id: str, event_id: str, timestamp: int) -> None:
@@ -251,28 +291,82 @@ class UsageTable:
         return UsageRow.from_row(row) if row else None
 
 
-class EventTable:
-    """Marks of the user events that were handled, so that each is answered once."""
+class MessageTable:
+    """The delivery state of the messages for agents (see `MessageRow`)."""
 
     def __init__(self, db: Executor) -> None:
         self.db = db
 
-    async def claim(self, event_id: str, room_id: str) -> bool:
-        """Marks an event as handled. False if it already was: exactly one caller wins."""
-        claimed = await self.db.fetchval(
-            "INSERT INTO processed_event (event_id, room_id, processed_at) VALUES ($1, $2, $3) "
-            "ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
+    async def add(
+        self, event_id: str, room_id: str, sender: str, sent_at: int, content: str, state: str
+    ) -> bool:
+        """Records a message. False if it was known already: exactly one caller wins."""
+        added = await self.db.fetchval(
+            "INSERT INTO message (event_id, room_id, sender, sent_at, content, state, updated_at) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (event_id) DO NOTHING "
+            "RETURNING id",
             event_id,
             room_id,
+            sender,
+            sent_at,
+            content,
+            state,
             now_ms(),
         )
-        return claimed is not None
+        return added is not None
 
-    async def is_processed(self, event_id: str) -> bool:
-        return bool(
-            await self.db.fetchval("SELECT 1 FROM processed_event WHERE event_id=$1", event_id)
+    async def get(self, event_id: str) -> MessageRow | None:
+        row = await self.db.fetchrow(
+            f"SELECT {_MESSAGE_COLUMNS} FROM message WHERE event_id=$1", event_id
+        )
+        return MessageRow.from_row(row) if row else None
+
+    async def states(self, event_ids: list[str]) -> dict[str, str]:
+        """The state of each of these events that is known."""
+        if not event_ids:
+            return {}
+        placeholders = ", ".join(f"${i + 1}" for i in range(len(event_ids)))
+        rows = await self.db.fetch(
+            f"SELECT event_id, state FROM message WHERE event_id IN ({placeholders})", *event_ids
+        )
+        return {row["event_id"]: row["state"] for row in rows}
+
+    async def unanswered(self) -> list[MessageRow]:
+        """Every message not answered yet, in the order they arrived."""
+        rows = await self.db.fetch(
+            f"SELECT {_MESSAGE_COLUMNS} FROM message WHERE state<>$1 ORDER BY id", ANSWERED
+        )
+        return [MessageRow.from_row(row) for row in rows]
+
+    async def set_state(self, event_id: str, state: str) -> None:
+        await self.db.execute(
+            "UPDATE message SET state=$2, updated_at=$3 WHERE event_id=$1",
+            event_id,
+            state,
+            now_ms(),
         )
 
-    async def unclaim(self, event_id: str) -> None:
-        """Forgets a claim whose event was never answered, so that the catch-up answers it."""
-        await self.db.execute("DELETE FROM processed_event WHERE event_id=$1", event_id)
+    async def prune(self, answered_before: int) -> None:
+        """Forgets answered messages older than the catch-up ever looks back."""
+        await self.db.execute(
+            "DELETE FROM message WHERE state=$1 AND updated_at<$2", ANSWERED, answered_before
+        )
+
+
+class StateTable:
+    """Small named values the plugin keeps for itself, such as the last valid config."""
+
+    def __init__(self, db: Executor) -> None:
+        self.db = db
+
+    async def get(self, key: str) -> str | None:
+        return await self.db.fetchval("SELECT value FROM plugin_state WHERE key=$1", key)
+
+    async def set(self, key: str, value: str) -> None:
+        await self.db.execute(
+            "INSERT INTO plugin_state (key, value, updated_at) VALUES ($1, $2, $3) "
+            "ON CONFLICT (key) DO UPDATE SET value=excluded.value, updated_at=excluded.updated_at",
+            key,
+            value,
+            now_ms(),
+        )

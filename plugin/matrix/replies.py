@@ -1,7 +1,9 @@
 """The reply convention: how the bot's answers relate to the user's events in the timeline.
 
-"Answered" is provable from Matrix: the bot's reply carries `m.in_reply_to` pointing at the
-user's event. This module is the one definition of it, for the live path and the catch-up alike.
+"Answered" is provable from Matrix: the bot's final reply (an answer, or a failure notice) carries
+`m.in_reply_to` pointing at the user's event. A reply still flagged as streaming is not an answer,
+nor is a part of a long answer that more parts follow. This module is the one definition of it,
+for the live path and the catch-up alike.
 """
 
 from __future__ import annotations
@@ -13,6 +15,12 @@ from mautrix.types import MessageEvent
 
 # Marks a reply that is still being streamed; the last edit drops it.
 STREAMING_KEY = "org.agentspaces.streaming"
+# Marks a complete part of a long answer that more parts follow.
+CONTINUED_KEY = "org.agentspaces.continued"
+# Marks a reply that ends in a failure notice: final, but not the agent's answer.
+FAILED_KEY = "org.agentspaces.failed"
+# The user events that one notice answers (messages not sent to the agent, counted together).
+COVERS_KEY = "org.agentspaces.covers"
 TEXT = "m.text"
 NOTICE = "m.notice"
 
@@ -65,9 +73,27 @@ def reply_target(content: dict[str, Any]) -> str | None:
     return target if isinstance(target, str) else None
 
 
-def is_agent_reply(content: dict[str, Any]) -> bool:
-    """An agent's answer: the bot's text reply. Failure notices and command replies are notices."""
-    return content.get("msgtype") == TEXT and reply_target(content) is not None
+def is_final(content: dict[str, Any]) -> bool:
+    """A reply, or a part of one, that will not change any more."""
+    return not content.get(STREAMING_KEY)
+
+
+def ends_answer(content: dict[str, Any]) -> bool:
+    """The content of a final reply that completes an answer: not still streaming, and not a
+    part of a long answer that more parts follow."""
+    return is_final(content) and not content.get(CONTINUED_KEY)
+
+
+@define
+class Reply:
+    """One of the bot's replies to a user event, with its edits applied."""
+
+    event_id: str
+    content: dict[str, Any]
+
+    @property
+    def text(self) -> str:
+        return str(self.content.get("body", ""))
 
 
 @define
@@ -75,25 +101,52 @@ class Timeline:
     """One room's messages, oldest first, with the bot's edits and replies resolved."""
 
     events: list[dict[str, Any]] = field(factory=list)
-    # Event ids the bot replied to (with an answer or a failure notice).
-    answered: set[str] = field(factory=set)
-    # The bot's message id -> its final text after edits.
-    final_text: dict[str, str] = field(factory=dict)
+    # The user event id -> the bot's replies to it, oldest first, edits applied.
+    replies: dict[str, list[Reply]] = field(factory=dict)
+    # User events a notice of the bot answered without replying to each (`COVERS_KEY`).
+    covered: set[str] = field(factory=set)
+
+    def answered(self, event_id: str) -> bool:
+        """The one definition of "answered": a final answer or failure notice is in Matrix."""
+        replies = self.replies.get(event_id) or []
+        return event_id in self.covered or any(ends_answer(r.content) for r in replies)
+
+    def answer_text(self, event_id: str) -> str | None:
+        """The whole text of an agent's answer (its parts joined), if it is complete."""
+        replies = self.replies.get(event_id) or []
+        if not self.answered(event_id) or not all(
+            r.content.get("msgtype") == TEXT for r in replies
+        ):
+            return None
+        return "".join(r.text for r in replies)
+
+    def interrupted(self, event_id: str) -> list[str]:
+        """The parts of an answer that was cut off (a stop or a crash while it streamed)."""
+        if self.answered(event_id):
+            return []
+        return [r.event_id for r in self.replies.get(event_id) or []]
 
 
 def resolve(events: list[dict[str, Any]], bot_id: str) -> Timeline:
     timeline = Timeline(events=events)
+    by_id: dict[str, Reply] = {}
     for ev in events:
         if ev.get("sender") != bot_id:
             continue
         content = ev.get("content") or {}
         relation = _relation(content)
         if relation.get("rel_type") == "m.replace":
-            new = content.get("m.new_content") or {}
-            timeline.final_text[relation.get("event_id", "")] = str(new.get("body", ""))
+            original = by_id.get(relation.get("event_id", ""))
+            new = content.get("m.new_content")
+            if original is not None and isinstance(new, dict):
+                original.content = {**new, "m.relates_to": original.content.get("m.relates_to")}
             continue
+        covers = content.get(COVERS_KEY)
+        if isinstance(covers, list):
+            timeline.covered.update(e for e in covers if isinstance(e, str))
         target = reply_target(content)
         if target:
-            timeline.answered.add(target)
-        timeline.final_text.setdefault(ev["event_id"], str(content.get("body", "")))
+            reply = Reply(ev["event_id"], content)
+            by_id[reply.event_id] = reply
+            timeline.replies.setdefault(target, []).append(reply)
     return timeline
