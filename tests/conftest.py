@@ -89,19 +89,25 @@ async def postgres_pool(postgres_url: str) -> AsyncIterator[Database]:
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+def store_pool(request: pytest.FixtureRequest) -> Database | None:
+    """The PostgreSQL pool for the `[postgres]` variant of a store, None for SQLite. Not async:
+    pytest-asyncio sets up the async pool only from a synchronous fixture's request."""
+    return request.getfixturevalue("postgres_pool") if request.param == "postgres" else None
+
+
+@pytest.fixture
+async def store(store_pool: Database | None, tmp_path: Path) -> AsyncIterator[Store]:
     """A migrated plugin database, as maubot gives an instance: a SQLite file, or a schema of its
     own in PostgreSQL (maubot's own proxy database, dropped afterwards)."""
     log = logging.getLogger("db")
-    if request.param == "sqlite":
+    db: Database
+    if store_pool is None:
         db = Database.create(
             f"sqlite:{tmp_path / 'plugin.db'}", upgrade_table=upgrade_table, log=log
         )
     else:
-        pool = request.getfixturevalue("postgres_pool")
-        db = ProxyPostgresDatabase(
-            pool, f"unit{next(_schemas)}_{uuid.uuid4().hex[:6]}", 3, upgrade_table, log
-        )
+        schema = f"unit{next(_schemas)}_{uuid.uuid4().hex[:6]}"
+        db = ProxyPostgresDatabase(store_pool, schema, 3, upgrade_table, log)
     await db.start()
     yield Store(db)
     if isinstance(db, ProxyPostgresDatabase):

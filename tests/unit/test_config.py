@@ -6,18 +6,18 @@ from __future__ import annotations
 import io
 import logging
 import re
-from pathlib import Path
 
 import pytest
 from mautrix.util.config import RecursiveDict
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap
 
-from plugin.config import CONFIG_KEYS, Config, ConfigError, load_settings, parse_settings
-from plugin.live_config import LiveConfig
-from plugin.metrics import Metrics
+from plugin.ops.config import CONFIG_KEYS, Config, ConfigError, load_settings
+from plugin.ops.live_config import LiveConfig
+from plugin.ops.metrics import Metrics
+from tests import config as helpers
 
-BASE = (Path(__file__).resolve().parents[2] / "base-config.yaml").read_text()
+BASE = (helpers.ROOT / "base-config.yaml").read_text()
 SECRET = "sk-unit-SECRET-4242"
 HEADER_SECRET = "Bearer hdr-unit-SECRET-4242"
 yaml = YAML()
@@ -242,13 +242,11 @@ def test_an_invalid_config_at_start_runs_on_the_defaults_and_keeps_the_text() ->
 
 
 def test_parse_settings_expands_server_in_patterns() -> None:
-    data = yaml.load(BASE)
-    data["access"]["admins"] = ["@admin:{server}"]
-    settings = parse_settings(data, "example.org")
+    settings = helpers.settings({"access.admins": ["@admin:{server}"]})
     assert settings.admins == ("@admin:example.org",)
 
 
 def test_the_readme_documents_every_key() -> None:
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    readme = (helpers.ROOT / "README.md").read_text()
     missing = [key for key in CONFIG_KEYS if f"| `{key}` |" not in readme]
     assert not missing, f"README.md's configuration reference lacks {missing}"

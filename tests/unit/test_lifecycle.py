@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import logging
-from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -12,66 +11,57 @@ from maubot.loader import PluginMeta
 from maubot.standalone.loader import FileSystemLoader
 from maubot.testing.bot import TestBot as MockBot
 from mautrix.types import EventType
-from mautrix.util.async_db import Database
 from mautrix.util.config import RecursiveDict
 from mautrix.util.logging import TraceLogger
 from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap
 
 from plugin.bot import AgentSpacesBot
-from plugin.catchup import CatchUp
-from plugin.config import Config
-from plugin.migrations import upgrade_table
-from plugin.reconcile import Reconciler, ReconcileReport
+from plugin.db import Store
+from plugin.ops.config import Config
+from plugin.startup.catchup import CatchUp, CatchUpReport
+from plugin.startup.reconcile import Reconciler, ReconcileReport
+from tests.config import ROOT, config_data
 
-ROOT = Path(__file__).resolve().parents[2]
 
-
-async def make_plugin(
-    tmp_path: Path, overrides: dict | None = None
-) -> tuple[AgentSpacesBot, Database]:
-    yaml = YAML()
-    base = RecursiveDict(yaml.load((ROOT / "base-config.yaml").read_text()))
-    user = base.clone()
-    for key, value in (overrides or {}).items():
-        user[key] = value
-    config = Config(lambda: user._data, lambda: base.clone(), lambda _: None)
-    db = Database.create(
-        f"sqlite:{tmp_path / 'plugin.db'}", upgrade_table=upgrade_table, log=logging.getLogger("db")
+def make_plugin(store: Store, overrides: dict[str, Any] | None = None) -> AgentSpacesBot:
+    """The real plugin class on maubot's testing client, with the instance's config and DB."""
+    config = Config(
+        lambda: config_data(overrides),
+        lambda: RecursiveDict(config_data(), CommentedMap),
+        lambda _: None,
     )
-    await db.start()
-    bot = MockBot(mxid="@bot:hs")
-    meta = PluginMeta.deserialize(yaml.load((ROOT / "maubot.yaml").read_text()))
-    http = aiohttp.ClientSession()
-    plugin = AgentSpacesBot(
+    bot = MockBot(mxid="@bot:example.org")
+    meta = PluginMeta.deserialize(YAML().load((ROOT / "maubot.yaml").read_text()))
+    return AgentSpacesBot(
         client=bot.client,
         loop=asyncio.get_running_loop(),
-        http=http,
+        http=aiohttp.ClientSession(),
         instance_id="lifecycle",
         log=TraceLogger("test"),
         config=config,
-        database=db,
+        database=store.db,
         webapp=None,
         webapp_url=None,
         loader=FileSystemLoader(ROOT, meta),
     )
-    return plugin, db
 
 
 def message_handlers(plugin: AgentSpacesBot) -> int:
     return len(plugin.client.event_handlers.get(EventType.ROOM_MESSAGE, []))
 
 
-@pytest.fixture
-def no_catch_up(monkeypatch: pytest.MonkeyPatch) -> None:
-    async def run(self: CatchUp) -> None:
-        return None
+def skip_catch_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def run(self: CatchUp) -> CatchUpReport:
+        return CatchUpReport()
 
     monkeypatch.setattr(CatchUp, "run", run)
 
 
 async def test_reconciliation_runs_before_handlers_exist(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_catch_up: None
+    store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    skip_catch_up(monkeypatch)
     seen: list[int] = []
 
     async def run(self: Reconciler) -> ReconcileReport:
@@ -79,22 +69,23 @@ async def test_reconciliation_runs_before_handlers_exist(
         return ReconcileReport(finished=True)
 
     monkeypatch.setattr(Reconciler, "run", run)
-    plugin, db = await make_plugin(tmp_path)
+    plugin = make_plugin(store)
     assert message_handlers(plugin) == 0
     await plugin.internal_start()
     try:
         assert seen == [0], "reconciliation must run, and finish, before handlers exist"
         assert message_handlers(plugin) > 0
-        assert plugin.last_report is not None and plugin.last_report.finished
+        report = plugin.parts.startup.last_report
+        assert report is not None and report.finished
     finally:
         await plugin.internal_stop()
         await plugin.http.close()
-        await db.stop()
 
 
 async def test_slow_reconciliation_starts_handlers_after_the_budget(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_catch_up: None
+    store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    skip_catch_up(monkeypatch)
     release = asyncio.Event()
 
     async def run(self: Reconciler) -> ReconcileReport:
@@ -102,15 +93,17 @@ async def test_slow_reconciliation_starts_handlers_after_the_budget(
         return ReconcileReport(finished=True)
 
     monkeypatch.setattr(Reconciler, "run", run)
-    plugin, db = await make_plugin(tmp_path, {"reconcile.timeout": 1})
+    plugin = make_plugin(store, {"reconcile.timeout": 1})
     try:
         await asyncio.wait_for(plugin.internal_start(), 5)
         assert message_handlers(plugin) > 0
-        assert plugin.last_report is None
+        assert plugin.parts.startup.last_report is None
         release.set()
-        await asyncio.wait_for(plugin._reconcile_task, 5)
-        assert plugin.last_report is not None and plugin.last_report.finished
+        task = plugin.parts.startup._reconcile_task
+        assert task is not None
+        await asyncio.wait_for(task, 5)
+        report = plugin.parts.startup.last_report
+        assert report is not None and report.finished
     finally:
         await plugin.internal_stop()
         await plugin.http.close()
-        await db.stop()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from plugin.metrics import LATENCY_BUCKETS, RECENT_ERRORS, Metrics
+from plugin.ops.metrics import LATENCY_BUCKETS, RECENT_ERRORS, Metrics
 
 SAMPLE = re.compile(r'^[a-z_]+(\{[a-z_]+="(?:[^"\\]|\\.)*"\})? -?[0-9.e+]+$')
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import attrs
 
-from plugin.db import ACTIVE, ARCHIVED, MOVED, RoomRow, UserRow
-from plugin.matrix_state import BINDING_TYPE, SPACE_TYPE, deterministic_chat_id
-from plugin.reconcile import MatrixView, RoomView, compute, parse_sliding_sync, parse_sync
+from plugin.db.rows import ACTIVE, ARCHIVED, MOVED, RoomRow, UserRow
+from plugin.matrix.binding import BINDING_TYPE, SPACE_TYPE, deterministic_chat_id
+from plugin.startup.discover import MatrixView, RoomView, parse_sliding_sync, parse_sync
+from plugin.startup.plan import Plan, compute
 
 BOT = "@bot:hs"
 
@@ -49,7 +50,7 @@ def view_of(*rooms: RoomView) -> MatrixView:
     return MatrixView(rooms={r.room_id: r for r in rooms})
 
 
-def apply_plan(plan, rooms: dict[str, RoomRow], users: dict[str, UserRow]) -> None:
+def apply_plan(plan: Plan, rooms: dict[str, RoomRow], users: dict[str, UserRow]) -> None:
     for row in plan.rooms:
         rooms[row.room_id] = row
     for user_id, space_id in plan.users:

@@ -1,69 +1,75 @@
-"""The /status page's content and the token check, without a server."""
+"""The /status and /metrics pages: content, escaping and the token check, without a server."""
 
 from __future__ import annotations
-
-from types import SimpleNamespace
 
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
-from plugin.config import AgentSettings
-from plugin.db import RoomRow, UserRow
-from plugin.metrics import Metrics
-from plugin.web import authorized, metrics_page, render_status, status_page
+from plugin.db import Store
+from plugin.db.rows import RoomRow
+from plugin.ops.metrics import Metrics
+from plugin.ops.web import StatusPages, authorized
+from plugin.startup.reconcile import ReconcileReport
+from tests.config import settings
 
 EVIL = "<script>alert(1)</script>"
+OWNER = f"@{EVIL}:example.org"
+TOKEN = "tok-123"
+SETTINGS = settings(
+    {
+        "agents": [
+            {"id": "echo", "name": "Echo", "backend": "echo"},
+            {
+                "id": "gpt",
+                "name": "GPT",
+                "backend": "openai",
+                "base_url": "http://127.0.0.1:1/v1",
+                "api_key": "sk-never-shown",
+            },
+            {"id": "idle", "name": "Idle", "backend": "echo"},
+        ],
+        "web.token": TOKEN,
+    }
+)
 
 
-class FakeStore:
-    async def all_users(self) -> list[UserRow]:
-        return [UserRow(f"@{EVIL}:example.org", "!space:example.org", 0)]
-
-    async def all_rooms(self) -> list[RoomRow]:
-        return [
-            RoomRow(
-                room_id="!room:example.org",
-                owner=f"@{EVIL}:example.org",
-                space_id="!space:example.org",
-                agent_id="echo",
-                chat_id="c1",
-                title=f"Plans {EVIL}",
-                context_start=None,
-                share_memory=True,
-                state="active",
-                moved_to=None,
-                last_event_id=None,
-                last_event_ts=1_700_000_000_000,
-                created_at=0,
-            )
-        ]
-
-
-def fake_plugin(**extra: object) -> SimpleNamespace:
+async def pages(
+    store: Store, queue_depth: int = 0, report: ReconcileReport | None = None
+) -> StatusPages:
+    """The pages over a store with one user and one room, whose names try to inject HTML."""
+    await store.users.upsert(OWNER, "!space:example.org")
+    await store.rooms.upsert(
+        RoomRow(
+            room_id="!room:example.org",
+            owner=OWNER,
+            space_id="!space:example.org",
+            agent_id="echo",
+            chat_id="c1",
+            title=f"Plans {EVIL}",
+            context_start=None,
+            share_memory=True,
+            state="active",
+            moved_to=None,
+            last_event_id=None,
+            last_event_ts=1_700_000_000_000,
+            created_at=0,
+        )
+    )
     metrics = Metrics()
     metrics.reply("echo", 0.1)
     metrics.error("backend", f"HTTP 502 from {EVIL}", agent_id="gpt")
-    agents = {
-        "echo": AgentSettings(id="echo", name="Echo", description="", backend="echo"),
-        "gpt": AgentSettings(
-            id="gpt", name="GPT", description="", backend="openai", api_key="sk-never-shown"
-        ),
-        "idle": AgentSettings(id="idle", name="Idle", description="", backend="echo"),
-    }
-    settings = SimpleNamespace(agents=agents, default_agent="echo", web_token="tok-123")
-    parts: dict[str, object] = {
-        "settings": settings,
-        "metrics": metrics,
-        "store": FakeStore(),
-        "client": SimpleNamespace(mxid="@bot:example.org"),
-        "last_report": None,
-        "dispatcher": SimpleNamespace(queue_depth=lambda: 0),
-    }
-    return SimpleNamespace(**{**parts, **extra})
+    return StatusPages(
+        "@bot:example.org",
+        store,
+        metrics,
+        lambda: SETTINGS,
+        lambda: queue_depth,
+        lambda: report,
+    )
 
 
-async def test_status_shows_everything_escaped() -> None:
-    html = await render_status(fake_plugin())
+async def test_status_shows_everything_escaped(store: Store) -> None:
+    html = await (await pages(store)).render_status()
     assert EVIL not in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert "@bot:example.org" in html
@@ -78,13 +84,11 @@ async def test_status_shows_everything_escaped() -> None:
     assert "sk-never-shown" not in html
 
 
-async def test_status_shows_the_last_report_and_the_queue() -> None:
-    plugin = fake_plugin(
-        last_report=SimpleNamespace(summary=lambda: "Reconciled 3 rooms in 0.2 s"),
-        dispatcher=SimpleNamespace(queue_depth=lambda: 7),
-    )
-    html = await render_status(plugin)
-    assert "<dt>Last reconciliation</dt><dd>Reconciled 3 rooms in 0.2 s</dd>" in html
+async def test_status_shows_the_last_report_and_the_queue(store: Store) -> None:
+    report = ReconcileReport(spaces=1, rooms=3, duration=0.2, finished=True)
+    html = await (await pages(store, queue_depth=7, report=report)).render_status()
+    assert f"<dt>Last reconciliation</dt><dd>{report.summary()}</dd>" in html
+    assert "rooms=3" in report.summary()
     assert "<dt>Queue depth</dt><dd>7</dd>" in html
 
 
@@ -92,22 +96,27 @@ def test_token_by_header_or_query_only() -> None:
     def request(path: str, headers: dict[str, str] | None = None) -> web.Request:
         return make_mocked_request("GET", path, headers=headers or {})
 
-    assert authorized(request("/status", {"Authorization": "Bearer tok-123"}), "tok-123")
-    assert authorized(request("/status", {"Authorization": "bearer tok-123"}), "tok-123")
-    assert authorized(request("/status?token=tok-123"), "tok-123")
-    assert not authorized(request("/status"), "tok-123")
-    assert not authorized(request("/status?token=tok-12"), "tok-123")
-    assert not authorized(request("/status", {"Authorization": "Basic tok-123"}), "tok-123")
+    assert authorized(request("/status", {"Authorization": "Bearer tok-123"}), TOKEN)
+    assert authorized(request("/status", {"Authorization": "bearer tok-123"}), TOKEN)
+    assert authorized(request("/status?token=tok-123"), TOKEN)
+    assert not authorized(request("/status"), TOKEN)
+    assert not authorized(request("/status?token=tok-12"), TOKEN)
+    assert not authorized(request("/status", {"Authorization": "Basic tok-123"}), TOKEN)
     # An empty token never opens the pages.
     assert not authorized(request("/status?token="), "")
 
 
-async def test_pages_answer_401_without_the_token() -> None:
-    plugin = fake_plugin()
-    for page in (status_page, metrics_page):
-        response = await page(plugin, make_mocked_request("GET", "/x"))
+async def test_pages_answer_401_without_the_token(store: Store) -> None:
+    status = await pages(store, queue_depth=2)
+    for page in (status.status_page, status.metrics_page):
+        response = await page(make_mocked_request("GET", "/x"))
         assert response.status == 401
         assert response.headers["WWW-Authenticate"].startswith("Bearer")
-    response = await metrics_page(plugin, make_mocked_request("GET", "/metrics?token=tok-123"))
+    response = await status.metrics_page(make_mocked_request("GET", "/metrics?token=tok-123"))
     assert response.status == 200
     assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    assert isinstance(response, web.Response) and isinstance(response.body, bytes)
+    assert b"agentspaces_queue_depth 2" in response.body
+    response = await status.status_page(make_mocked_request("GET", "/status?token=tok-123"))
+    assert response.status == 200
+    assert response.content_type == "text/html"

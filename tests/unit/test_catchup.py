@@ -1,0 +1,248 @@
+"""The catch-up's decisions at start: what it answers, what it skips and tells the room, what the
+timeline proves answered, and the context it rebuilds after the database was wiped."""
+
+from __future__ import annotations
+
+import attrs
+import pytest
+from mautrix.types import MessageEvent
+
+from plugin.startup.catchup import CatchUpReport
+from tests.fakes.world import ScriptedAgent, World, script_agent
+
+ROOM = "!room:example.org"
+HOUR = 3600.0
+LIMITS = {"catch_up.max_age_hours": 24, "catch_up.max_per_room": 20}
+
+
+async def prepare(
+    world: World, monkeypatch: pytest.MonkeyPatch, history_in_db: bool = True, **limits: int
+) -> ScriptedAgent:
+    """A working room with a scripted agent. With `history_in_db`, the room's context is in the
+    database (a plain restart); without, the database lost it (a wiped database)."""
+    backend = script_agent(monkeypatch)
+    world.configure({**LIMITS, **{f"catch_up.{k}": v for k, v in limits.items()}})
+    await world.add_room(ROOM)
+    if history_in_db:
+        await world.store.turns.add_answered(ROOM, [("$earlier", "user", "earlier")])
+    return backend
+
+
+async def catch_up(world: World) -> CatchUpReport:
+    """One catch-up, as a start runs it, and the answers it queued."""
+    report = await world.parts.startup.catch_up.run()
+    await world.settle()
+    return report
+
+
+def answer_to(world: World, evt: MessageEvent, body: str, age: float) -> MessageEvent:
+    """An answer the bot gave before the restart: it is in the timeline, not in `fake.sent`."""
+    return world.fake.message(
+        ROOM,
+        body,
+        world.fake.mxid,
+        relates_to={"m.in_reply_to": {"event_id": evt.event_id}},
+        age=age,
+    )
+
+
+def notices(world: World) -> list[str]:
+    return [s.content["body"] for s in world.fake.messages(ROOM) if "m.relates_to" not in s.content]
+
+
+async def test_messages_sent_while_down_are_answered_once_oldest_first(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = await prepare(world, monkeypatch)
+    first = world.fake.message(ROOM, "one", age=120)
+    second = world.fake.message(ROOM, "two", age=60)
+
+    report = await catch_up(world)
+
+    assert (report.rooms_checked, report.answered, report.skipped) == (1, 2, 0)
+    assert backend.texts == ["one", "two"]
+    assert world.fake.final_texts(ROOM) == {first.event_id: "re: one", second.event_id: "re: two"}
+    assert notices(world) == []
+    room = await world.room(ROOM)
+    assert room.last_event_id == second.event_id
+
+    again = await catch_up(world)
+
+    assert (again.rooms_checked, again.answered) == (0, 0)
+    assert len(backend.calls) == 2
+
+
+async def test_only_the_owners_text_messages_are_answered(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = await prepare(world, monkeypatch)
+    fake = world.fake
+    fake.message(ROOM, "!ai rooms", age=50)
+    fake.message(ROOM, "a notice", msgtype="m.notice", age=40)
+    fake.message(ROOM, "not the owner", sender="@mallory:example.org", age=30)
+    question = fake.message(ROOM, "the question", age=20)
+    fake.message(
+        ROOM, "* the question!", relates_to={"rel_type": "m.replace", "event_id": "$q"}, age=10
+    )
+
+    report = await catch_up(world)
+
+    assert report.answered == 1
+    assert backend.texts == ["the question"]
+    assert list(fake.final_texts(ROOM)) == [question.event_id]
+
+
+async def test_a_message_the_bot_replied_to_counts_as_answered(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = await prepare(world, monkeypatch)
+    fake = world.fake
+    answered = fake.message(ROOM, "answered before the restart", age=300)
+    answer_to(world, answered, "re: answered before the restart", age=290)
+    failed = fake.message(ROOM, "its agent failed", age=200)
+    fake.message(
+        ROOM,
+        "⚠️ Echo failed",
+        fake.mxid,
+        msgtype="m.notice",
+        relates_to={"m.in_reply_to": {"event_id": failed.event_id}},
+        age=190,
+    )
+    pending = fake.message(ROOM, "still unanswered", age=100)
+
+    report = await catch_up(world)
+
+    assert report.answered == 1
+    assert backend.texts == ["still unanswered"]
+    assert list(fake.final_texts(ROOM)) == [pending.event_id]
+    # The timeline's proof is written down, so that no later path answers them either.
+    for evt in (answered, failed):
+        assert await world.store.events.is_processed(evt.event_id)
+        assert await world.parts.intake.submit(evt) is False
+
+
+async def test_messages_behind_the_cursor_are_not_answered(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = await prepare(world, monkeypatch)
+    old = world.fake.message(ROOM, "handled before the restart", age=100)
+    await world.store.rooms.set_cursor(ROOM, "$handled", old.timestamp + 1)
+    new = world.fake.message(ROOM, "sent while down", age=50)
+
+    await catch_up(world)
+
+    assert backend.texts == ["sent while down"]
+    assert list(world.fake.final_texts(ROOM)) == [new.event_id]
+    assert await world.store.events.is_processed(old.event_id)
+
+
+async def test_over_the_per_room_cap_the_newest_are_answered_and_the_room_told_once(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = await prepare(world, monkeypatch, max_per_room=2)
+    for n in range(4):
+        world.fake.message(ROOM, f"m{n}", age=100 - n)
+
+    report = await catch_up(world)
+
+    assert (report.answered, report.skipped) == (2, 2)
+    assert backend.texts == ["m2", "m3"]
+    (notice,) = notices(world)
+    assert notice.startswith("While I was offline, 2 message(s) here were not answered")
+    assert "at most 2 per room, none older than 24 h" in notice
+
+    again = await catch_up(world)
+
+    assert (again.answered, again.skipped) == (0, 0)
+    assert len(notices(world)) == 1, "the skipped messages are told once"
+
+
+async def test_a_message_too_old_is_skipped_and_the_room_told(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = await prepare(world, monkeypatch, max_age_hours=1)
+    world.fake.message(ROOM, "sent two hours ago", age=2 * HOUR)
+    world.fake.message(ROOM, "sent just now", age=1)
+
+    report = await catch_up(world)
+
+    assert backend.texts == ["sent just now"]
+    assert report.skipped == 1
+    (notice,) = notices(world)
+    assert "1 message(s) here were not answered" in notice and "older than 1 h" in notice
+
+
+async def test_a_wiped_database_skips_old_messages_with_one_notice(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = await prepare(world, monkeypatch, history_in_db=False, max_age_hours=1)
+    for n in range(2):
+        world.fake.message(ROOM, f"old {n}", age=3 * HOUR - n)
+    world.fake.message(ROOM, "fresh", age=1)
+
+    report = await catch_up(world)
+
+    assert (report.answered, report.skipped, report.rebuilt) == (1, 2, 1)
+    assert backend.texts == ["fresh"]
+    (notice,) = notices(world)
+    assert "2 message(s) here were not answered" in notice and "older than 1 h" in notice
+    # Skipped messages are not part of the rebuilt context either.
+    assert [c.content for c in backend.calls[0].history] == []
+
+
+async def test_a_wiped_database_gets_the_context_rebuilt_from_the_timeline(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = await prepare(world, monkeypatch, history_in_db=False)
+    fake = world.fake
+    cleared = fake.message(ROOM, "before the last clear", age=500)
+    answer_to(world, cleared, "re: before the last clear", age=490)
+    command = fake.message(ROOM, "!ai context clear", age=450)
+    room = await world.room(ROOM)
+    await world.store.rooms.upsert(attrs.evolve(room, context_start=command.event_id))
+    first = fake.message(ROOM, "one", age=400)
+    streamed = answer_to(world, first, "re: o", age=390)
+    fake.message(
+        ROOM,
+        "* re: one",
+        fake.mxid,
+        relates_to={"rel_type": "m.replace", "event_id": streamed.event_id},
+        extra={"m.new_content": {"msgtype": "m.text", "body": "re: one"}},
+        age=380,
+    )
+    fake.message(ROOM, "Context cleared.", fake.mxid, msgtype="m.notice", age=370)
+    second = fake.message(ROOM, "two", age=300)
+    answer_to(world, second, "re: two", age=290)
+    pending = fake.message(ROOM, "three", age=100)
+
+    report = await catch_up(world)
+
+    assert (report.rebuilt, report.answered) == (1, 1)
+    # The context since the clear, with the final text of the streamed answer.
+    assert [(t.role, t.content) for t in backend.calls[0].history] == [
+        ("user", "one"),
+        ("assistant", "re: one"),
+        ("user", "two"),
+        ("assistant", "re: two"),
+    ]
+    assert list(fake.final_texts(ROOM)) == [pending.event_id]
+    turns = await world.store.turns.of_room(ROOM)
+    assert [t.content for t in turns] == ["one", "re: one", "two", "re: two", "three", "re: three"]
+    assert all(t.answered for t in turns)
+
+
+async def test_a_room_whose_last_message_is_handled_is_not_read(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = await prepare(world, monkeypatch)
+    await world.say(ROOM, "answered live")
+    await world.settle()
+    requests = len(world.fake.api.paths)
+
+    report = await catch_up(world)
+
+    assert (report.rooms_checked, report.answered) == (0, 0)
+    assert len(backend.calls) == 1
+    # One /sync for the newest message of every room, and no room's timeline.
+    assert len(world.fake.api.paths) == requests + 1
+    assert not world.fake.api.paths[-1].endswith("/messages")
