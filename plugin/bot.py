@@ -36,17 +36,21 @@ class AgentSpacesBot(Plugin):
 
     async def pre_start(self) -> None:
         self.metrics = Metrics()
-        self.live_config = LiveConfig(self.config, self.server_name, self.log, self.metrics)
-        self.settings = self.live_config.at_start()
+        store = Store(self.database)
+        self.live_config = LiveConfig(
+            self.config, self.server_name, store.state, self.log, self.metrics
+        )
+        self.settings = await self.live_config.at_start()
         self.parts = parts.build(
             self.client,
             HttpTransport(self.client),
-            Store(self.database),
+            store,
             self.http,
             self.metrics,
             self.current_settings,
             self.log,
         )
+        await self.parts.refusals.access_changed(self.settings)
         # Reconciliation runs before maubot registers the handlers, so that they route with the
         # state Matrix holds.
         await self.parts.startup.reconcile_first(self.settings.reconcile_timeout)
@@ -61,8 +65,12 @@ class AgentSpacesBot(Plugin):
                 self.current_settings,
                 p.queues.depth,
                 lambda: p.startup.last_report,
+                lambda: self.live_config.status,
             )
         )
+        # Each room waits for its catch-up, so that what came while the bot was down is answered
+        # before what comes now.
+        p.queues.hold_all()
         p.intake.start()
         p.startup.start_catch_up()
         self.log.info("Agent Spaces started")
@@ -78,8 +86,9 @@ class AgentSpacesBot(Plugin):
     def server_name(self) -> str:
         return self.client.mxid.split(":", 1)[1]
 
-    def on_external_config_update(self) -> None:
-        self.settings = self.live_config.changed(self.settings)
+    async def on_external_config_update(self) -> None:
+        self.settings = await self.live_config.changed(self.settings)
+        await self.parts.refusals.access_changed(self.settings)
 
     @event.on(EventType.ROOM_MEMBER)
     async def on_member(self, evt: StateEvent) -> None:

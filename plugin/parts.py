@@ -19,9 +19,11 @@ from .conversation.context import ContextManager
 from .conversation.intake import Intake
 from .conversation.queues import RoomQueues
 from .conversation.quota import Quota
+from .conversation.refusals import Refusals
 from .conversation.turn import TurnRunner
 from .conversation.typing import TypingNotices
 from .db import Store
+from .matrix.creation import RoomCreator
 from .matrix.links import SpaceLinks
 from .matrix.outbox import Outbox, Transport
 from .matrix.record import MatrixRecord
@@ -46,6 +48,7 @@ class Parts:
     context: ContextManager
     queues: RoomQueues
     intake: Intake
+    refusals: Refusals
     router: CommandRouter
     startup: Startup
 
@@ -64,18 +67,22 @@ def build(
     record = MatrixRecord(client)
     links = SpaceLinks(outbox, server_name)
     bindings = Bindings(record, store)
-    rooms = WorkingRooms(client, store, outbox, links, bindings, settings, log)
+    creator = RoomCreator(client)
+    rooms = WorkingRooms(client, store, outbox, links, bindings, creator, settings, log)
     onboarding = Onboarding(client, store, record, rooms, settings, log)
     membership = MembershipHandler(client, store, outbox, onboarding, rooms, record, settings, log)
     context = ContextManager(store, bindings)
     quota = Quota(store, settings)
+    refusals = Refusals(outbox, store)
     caller = AgentCaller(http, TypingNotices(client, log), metrics, settings)
     dispatch_log = log.getChild("dispatch")
-    turns = TurnRunner(store, context, quota, caller, outbox, metrics, settings, dispatch_log)
+    turns = TurnRunner(
+        store, context, quota, caller, refusals, outbox, metrics, settings, dispatch_log
+    )
     queues = RoomQueues(turns, dispatch_log)
-    intake = Intake(client.mxid, store, queues, quota, metrics, settings, dispatch_log)
+    intake = Intake(client.mxid, store, queues, quota, refusals, metrics, settings, dispatch_log)
     reconciler = Reconciler(client, store, record, links, log, membership.handle_invite)
-    catch_up = CatchUp(client, store, outbox, settings, intake.submit, log)
+    catch_up = CatchUp(client, store, outbox, intake, queues, quota, settings, log)
     startup = Startup(reconciler, catch_up, metrics, log)
     router = CommandRouter(store, outbox, settings, log)
     RoomCommands(onboarding, rooms).register(router)
@@ -83,5 +90,15 @@ def build(
     MemoryCommands(store).register(router)
     AdminCommands(lambda: startup.last_report, startup.reconcile).register(router)
     return Parts(
-        store, outbox, rooms, onboarding, membership, context, queues, intake, router, startup
+        store,
+        outbox,
+        rooms,
+        onboarding,
+        membership,
+        context,
+        queues,
+        intake,
+        refusals,
+        router,
+        startup,
     )

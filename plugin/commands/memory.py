@@ -6,8 +6,6 @@ from ..db import Store
 from ..errors import UsageError
 from .router import CommandRouter, Invocation
 
-MAX_MEMORY_ENTRY = 2000
-
 
 class MemoryCommands:
     def __init__(self, store: Store) -> None:
@@ -23,12 +21,17 @@ class MemoryCommands:
         prefix = inv.settings.command_prefix
         if not text:
             raise UsageError(f"Say what to remember: `!{prefix} remember I prefer short answers`.")
-        if len(text) > MAX_MEMORY_ENTRY:
+        longest = inv.settings.memory_entry_chars
+        if len(text) > longest:
+            raise UsageError(f"That entry is {len(text)} characters long; keep it under {longest}.")
+        count = len(await self.store.memory.of_user(inv.sender))
+        if count >= inv.settings.memory_entries:
             raise UsageError(
-                f"That entry is {len(text)} characters long; keep it under {MAX_MEMORY_ENTRY}."
+                f"Your shared memory is full ({count} entries). Remove one with "
+                f"`!{prefix} forget <n>` (`!{prefix} memory` lists them), then try again."
             )
         await self.store.memory.add(inv.sender, text)
-        count = len(await self.store.memory.of_user(inv.sender))
+        count += 1
         return (
             f"Remembered as entry {count}. Your rooms with shared memory on now see it "
             f"(`!{prefix} memory` lists the entries)."

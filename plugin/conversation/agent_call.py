@@ -1,11 +1,12 @@
-"""One call to an agent backend: under the global concurrency limit, with typing shown and the
-dispatch timeout applied."""
+"""One call to an agent backend: under the global concurrency limit, with typing shown, the
+dispatch timeout applied to the agent's time alone, and the answer's size bounded."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
+from contextlib import aclosing
 
 import aiohttp
 
@@ -13,9 +14,8 @@ from ..agents import backend_for
 from ..agents.base import AgentRequest, BackendBadResponse, BackendDisconnected, BackendTimeout
 from ..ops.metrics import Metrics
 from ..ops.settings import AgentSettings, Settings
+from .stream import ReplyStream
 from .typing import TypingNotices
-
-OnDelta = Callable[[str], Awaitable[None]]
 
 
 class Limiter:
@@ -37,6 +37,10 @@ class Limiter:
             self._changed.notify()
 
 
+def cut_note(limit: int) -> str:
+    return f"\n\n(The answer was cut here: it was longer than {limit} characters.)"
+
+
 class AgentCaller:
     def __init__(
         self,
@@ -55,29 +59,42 @@ class AgentCaller:
         agent: AgentSettings,
         request: AgentRequest,
         settings: Settings,
-        on_delta: OnDelta | None,
+        stream: ReplyStream | None,
     ) -> str:
-        """Runs one agent call and returns the whole text; raises BackendError."""
+        """Runs one agent call and returns the whole text. Raises BackendError for the agent's
+        failures; a Matrix error of the stream comes through as it is."""
         parts: list[str] = []
+        limit = settings.answer_chars
 
-        async def consume() -> None:
+        def take(delta: str) -> None:
+            parts.append(delta)
+            if stream is not None:
+                stream.add(delta)
+
+        async def consume() -> bool:
+            size = 0
             try:
-                async for delta in backend_for(agent, self.http).reply(request):
-                    parts.append(delta)
-                    if on_delta is not None:
-                        await on_delta(delta)
+                async with aclosing(backend_for(agent, self.http).reply(request)) as deltas:
+                    async for delta in deltas:
+                        if size + len(delta) > limit:
+                            take(delta[: limit - size])
+                            return True
+                        size += len(delta)
+                        take(delta)
             except aiohttp.ClientError as e:
                 # Raised while the answer is read, e.g. when the agent's server disconnects.
                 raise BackendDisconnected() from e
+            return False
 
         async with self._limiter, self.typing.shown(request.room_id):
             started = time.monotonic()
             try:
-                await asyncio.wait_for(consume(), settings.timeout)
+                cut = await asyncio.wait_for(consume(), settings.timeout)
             except asyncio.TimeoutError as e:
                 raise BackendTimeout(settings.timeout) from e
-        text = "".join(parts)
-        if not text.strip():
+        if not "".join(parts).strip():
             raise BackendBadResponse("the reply was empty")
+        if cut:
+            take(cut_note(limit))
         self.metrics.reply(agent.id, time.monotonic() - started)
-        return text
+        return "".join(parts)

@@ -1,42 +1,58 @@
 """What enters the per-room queues: the owner's messages (live and caught up), retries and
 compactions.
 
-Every user event is claimed in the DB before it is queued, so that it is answered once, even when
-the live handler and the startup catch-up both see it.
+A message is recorded as received before it is queued, so that it is answered once, even when
+the live handler and the startup catch-up both see it, and after a crash too: whatever the
+delivery state says was received and not answered is answered at the next start.
 """
 
 from __future__ import annotations
 
-import asyncio
+import json
 from collections.abc import Callable
 from logging import Logger
 
 from mautrix.types import MessageEvent, MessageType
 
 from ..db import Store
-from ..db.rows import ACTIVE, RoomRow
+from ..db.rows import ACTIVE, ANSWERED, RECEIVED, RoomRow
 from ..errors import UsageError
-from ..matrix.replies import message_text
+from ..matrix.replies import ReplyTarget, message_text
 from ..ops import access
+from ..ops.locks import KeyedLocks
 from ..ops.metrics import Metrics
 from ..ops.settings import Settings
 from .context import USER
 from .queues import COMPACT, MESSAGE, RETRY, Job, RoomQueues
 from .quota import Quota
+from .refusals import Refusals, these
+
+
+def is_command(body: str, settings: Settings) -> bool:
+    """What maubot treats as the plugin's command: `!` and the command word, in any case, up to
+    the first space."""
+    return body.startswith("!") and body[1:].split(" ", 1)[0].lower() == settings.command_prefix
 
 
 def is_agent_message(evt: MessageEvent, room: RoomRow, settings: Settings) -> bool:
     """A text message for the room's agent: from its owner or an admin, no command, no edit.
 
-    The live handler and the startup catch-up both decide with this, so they agree.
+    The live handler and the startup catch-up both decide with this, so they agree. Whether the
+    owner may still use the bot is decided when it is answered (`TurnRunner`).
     """
     content = evt.content
     if content.msgtype != MessageType.TEXT or content.get_edit():
         return False
-    words = (content.body or "").split(maxsplit=1)
-    if words and words[0] == f"!{settings.command_prefix}":
+    if is_command(content.body or "", settings):
         return False
     return room.state == ACTIVE and access.may_act_in_room(settings, room.owner, evt.sender)
+
+
+def job_of(evt: MessageEvent, over_quota: bool = False, resume: list[str] | None = None) -> Job:
+    text = message_text(evt)
+    return Job(
+        MESSAGE, evt.room_id, evt, evt.sender, text, over_quota=over_quota, resume=resume or []
+    )
 
 
 class Intake:
@@ -46,6 +62,7 @@ class Intake:
         store: Store,
         queues: RoomQueues,
         quota: Quota,
+        refusals: Refusals,
         metrics: Metrics,
         settings: Callable[[], Settings],
         log: Logger,
@@ -54,65 +71,73 @@ class Intake:
         self.store = store
         self.queues = queues
         self.quota = quota
+        self.refusals = refusals
         self.metrics = metrics
         self.settings = settings
         self.log = log
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._locks = KeyedLocks()
         self._running = False
+        # Rooms whose catch-up is done in this run: only there does a live message move the
+        # room's cursor, since before it the catch-up still has to read back to the cursor.
+        self._caught_up: set[str] = set()
 
     def start(self) -> None:
         self._running = True
 
     async def stop(self) -> None:
-        """Stops the queues. Messages not answered yet are unclaimed for the next catch-up."""
+        """Stops the queues. What they did not answer is answered at the next start."""
         self._running = False
-        for job in await self.queues.stop():
-            if job.kind != MESSAGE:
-                continue
-            try:
-                await self.store.events.unclaim(job.event.event_id)
-            except Exception:
-                self.log.exception(f"Could not unclaim {job.event.event_id}")
+        await self.queues.stop()
+
+    def caught_up(self, room_id: str) -> None:
+        self._caught_up.add(room_id)
 
     async def on_message(self, evt: MessageEvent) -> None:
-        """The live handler: queues the owner's text messages in working rooms."""
-        # The room's lock is the first thing awaited, so that messages keep their arrival order
-        # through the checks below.
-        async with self._lock(evt.room_id):
-            if await self.accepts(evt):
-                await self._submit(evt)
-
-    async def accepts(self, evt: MessageEvent) -> bool:
-        """Whether an event is a message for the room's agent."""
+        """The live handler: records and queues the owner's text messages in working rooms."""
         if evt.sender == self.bot_id:
-            return False
-        room = await self.store.rooms.get(evt.room_id)
-        return room is not None and is_agent_message(evt, room, self.settings())
+            return
+        # The room's lock comes first, so that messages keep their arrival order.
+        async with self._locks.hold(evt.room_id):
+            room = await self.store.rooms.get(evt.room_id)
+            if room is None or not is_agent_message(evt, room, self.settings()):
+                return
+            if not await self._record(evt):
+                return
+            self.metrics.message_in()
+            if self._running:
+                await self._queue(evt)
 
-    async def submit(self, evt: MessageEvent) -> bool:
-        """Claims an event and queues it on its room's FIFO. False if it was already handled."""
-        async with self._lock(evt.room_id):
-            return await self._submit(evt)
+    async def _record(self, evt: MessageEvent) -> bool:
+        content = json.dumps(evt.content.serialize())
+        async with self.store.transaction() as tx:
+            added = await tx.messages.add(
+                evt.event_id, evt.room_id, evt.sender, evt.timestamp, content, RECEIVED
+            )
+            if added and evt.room_id in self._caught_up:
+                await tx.rooms.set_cursor(evt.room_id, evt.event_id, evt.timestamp)
+        return added
 
-    def _lock(self, room_id: str) -> asyncio.Lock:
-        return self._locks.setdefault(room_id, asyncio.Lock())
-
-    async def _submit(self, evt: MessageEvent) -> bool:
-        if not self._running:
-            # Before start or after stop nothing is claimed: the catch-up answers it later.
-            return False
-        if not await self.store.events.claim(evt.event_id, evt.room_id):
-            return False
-        self.metrics.message_in()
-        over_quota = not self.quota.admit_message(evt.sender)
-        text = message_text(evt)
-        job = Job(MESSAGE, evt.room_id, evt, evt.sender, text=text, over_quota=over_quota)
-        self.queues.enqueue(job)
-        return True
+    async def _queue(self, evt: MessageEvent) -> None:
+        settings = self.settings()
+        waiting = sum(job.kind == MESSAGE for job in self.queues.pending(evt.room_id))
+        if waiting >= settings.pending_per_room:
+            limit = settings.pending_per_room
+            await self.refusals.refuse(
+                ReplyTarget.of(evt),
+                "pending",
+                lambda n: (
+                    f"{limit} messages here are still waiting for an answer, so "
+                    f"{these(n)} did not go to the agent. Send it again once the answers arrived."
+                ),
+            )
+            await self.store.messages.set_state(evt.event_id, ANSWERED)
+            return
+        over_quota = not self.quota.admit_message(evt.sender, evt.timestamp / 1000)
+        self.queues.enqueue(job_of(evt, over_quota))
 
     async def retry(self, room: RoomRow, evt: MessageEvent) -> None:
         """Queues the last unanswered user turn again, or the last one if all have answers."""
-        if any(not job.shown for job in self.queues.pending(room.room_id)):
+        if any(job.kind == MESSAGE for job in self.queues.pending(room.room_id)):
             raise UsageError(
                 "An answer is still on its way in this room: retry once it has arrived."
             )

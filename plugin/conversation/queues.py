@@ -1,6 +1,8 @@
 """Per-room FIFOs: each working room is answered in order, one job at a time, by its own task.
 
 Rooms drain in parallel; how many agent calls run at once is capped elsewhere (`agent_call`).
+At a start every room is held until the catch-up has queued what arrived while the bot was
+down, in front of what arrives live, so that a room is answered oldest first.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from collections import deque
 from logging import Logger
 from typing import Protocol
 
-from attrs import define
+from attrs import define, field
 from mautrix.types import MessageEvent
 
 MESSAGE = "message"
@@ -28,10 +30,10 @@ class Job:
     text: str = ""
     # The user turn a retry answers again.
     turn_id: int | None = None
-    # The per-minute limit was exceeded when the message arrived.
+    # The per-minute limit was exceeded when the message was sent.
     over_quota: bool = False
-    # The room has seen the outcome (answer or notice); only bookkeeping remains.
-    shown: bool = False
+    # The parts of an interrupted reply to this message, to edit into the complete answer.
+    resume: list[str] = field(factory=list)
 
 
 class Runner(Protocol):
@@ -48,11 +50,36 @@ class RoomQueues:
         self.log = log
         self._queues: dict[str, deque[Job]] = {}
         self._workers: dict[str, asyncio.Task[None]] = {}
+        self._holding = False
+        self._released: set[str] = set()
+
+    def hold_all(self) -> None:
+        """Holds every room until `release` (the catch-up of that room is done)."""
+        self._holding = True
+        self._released.clear()
+
+    def release(self, room_id: str) -> None:
+        if self._holding:
+            self._released.add(room_id)
+        self._wake(room_id)
+
+    def release_all(self) -> None:
+        self._holding = False
+        self._released.clear()
+        for room_id in list(self._queues):
+            self._wake(room_id)
 
     def enqueue(self, job: Job) -> None:
         self._queues.setdefault(job.room_id, deque()).append(job)
-        if job.room_id not in self._workers:
-            self._workers[job.room_id] = asyncio.create_task(self._drain(job.room_id))
+        self._wake(job.room_id)
+
+    def enqueue_first(self, room_id: str, jobs: list[Job]) -> None:
+        """Queues jobs, in their order, before those already waiting in the room."""
+        self._queues.setdefault(room_id, deque()).extendleft(reversed(jobs))
+        self._wake(room_id)
+
+    def has(self, event_id: str) -> bool:
+        return any(job.event.event_id == event_id for q in self._queues.values() for job in q)
 
     def pending(self, room_id: str) -> list[Job]:
         return list(self._queues.get(room_id, ()))
@@ -60,15 +87,19 @@ class RoomQueues:
     def depth(self) -> int:
         return sum(len(queue) for queue in self._queues.values())
 
-    async def stop(self) -> list[Job]:
-        """Cancels the workers and returns the jobs that were not done."""
+    async def stop(self) -> None:
+        """Cancels the workers. What was not answered stays in the delivery state, for the next
+        start."""
         workers = list(self._workers.values())
         for task in workers:
             task.cancel()
         await asyncio.gather(*workers, return_exceptions=True)
-        left = [job for queue in self._queues.values() for job in queue]
         self._queues.clear()
-        return left
+
+    def _wake(self, room_id: str) -> None:
+        held = self._holding and room_id not in self._released
+        if room_id in self._queues and room_id not in self._workers and not held:
+            self._workers[room_id] = asyncio.create_task(self._drain(room_id))
 
     async def _drain(self, room_id: str) -> None:
         queue = self._queues[room_id]

@@ -1,18 +1,18 @@
-"""Per-user limits: messages per minute (in memory) and estimated tokens per day (in the DB)."""
+"""Per-user limits: messages per minute (in memory, counted at each message's send time) and
+estimated tokens per day (in the DB)."""
 
 from __future__ import annotations
 
+import bisect
 import time
-from collections import deque
 from collections.abc import Callable
 
 from ..db import Store
 from ..ops.settings import Settings
-from ..ops.throttle import Throttle
 
 WINDOW = 60.0
-# A user over a limit is told once per this many seconds, not once per message.
-NOTICE_INTERVAL = 60.0
+# Users tracked before those with no recent message are forgotten.
+PRUNE_AT = 1000
 
 
 def today() -> str:
@@ -23,22 +23,32 @@ class Quota:
     def __init__(self, store: Store, settings: Callable[[], Settings]) -> None:
         self.store = store
         self.settings = settings
-        self._recent: dict[str, deque[float]] = {}
-        self._notices = Throttle(NOTICE_INTERVAL)
+        # user -> the send times (seconds) of their admitted messages, sorted.
+        self._recent: dict[str, list[float]] = {}
 
-    def admit_message(self, user_id: str, now: float | None = None) -> bool:
-        """Counts a message towards the per-minute limit; False when it is over the limit."""
+    def admit_message(self, user_id: str, sent_at: float) -> bool:
+        """Counts a message towards the per-minute limit at the time it was sent, so a backlog
+        sent while the bot was down counts as it was sent. False when it is over the limit."""
         limit = self.settings().messages_per_minute
         if limit <= 0:
             return True
-        now = time.monotonic() if now is None else now
-        recent = self._recent.setdefault(user_id, deque())
-        while recent and now - recent[0] >= WINDOW:
-            recent.popleft()
-        if len(recent) >= limit:
+        recent = self._recent.setdefault(user_id, [])
+        earliest = bisect.bisect_right(recent, sent_at - WINDOW)
+        latest = bisect.bisect_right(recent, sent_at)
+        if latest - earliest >= limit:
             return False
-        recent.append(now)
+        recent.insert(latest, sent_at)
+        if len(recent) > 2 * limit:
+            del recent[: len(recent) - 2 * limit]
+        if len(self._recent) > PRUNE_AT:
+            self._prune(time.time())
         return True
+
+    def _prune(self, now: float) -> None:
+        self._recent = {u: r for u, r in self._recent.items() if r and r[-1] > now - WINDOW}
+
+    def tracked_users(self) -> int:
+        return len(self._recent)
 
     async def tokens_exhausted(self, user_id: str) -> bool:
         limit = self.settings().daily_tokens
@@ -46,9 +56,3 @@ class Quota:
             return False
         usage = await self.store.usage.get(user_id, today())
         return usage is not None and usage.tokens >= limit
-
-    async def record(self, user_id: str, tokens: int) -> None:
-        await self.store.usage.add(user_id, today(), 1, tokens)
-
-    def should_notify(self, user_id: str, kind: str, now: float | None = None) -> bool:
-        return self._notices.allow((user_id, kind), now)

@@ -12,40 +12,14 @@ needs are redacted.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 
 from attrs import define
 
 from ..matrix.outbox import Outbox
-from ..matrix.render import edit_content, render
+from ..matrix.render import PART_BUDGET, edit_content, escaped_size, render, split_point
 from ..matrix.replies import CONTINUED_KEY, FAILED_KEY, NOTICE, TEXT, ReplyTarget
 from ..ops.settings import Settings
-
-# The most text one part holds, counted as its JSON-escaped size: a part's edit carries the text
-# three times (body, new body, HTML), and an encrypted event grows by a third, which keeps every
-# event well under Matrix's 64 KiB.
-PART_BUDGET = 10_000
-# A part ends at a paragraph, a line or a word when one is this close to the budget.
-_SPLIT_WINDOW = 0.3
-
-
-def escaped_size(text: str) -> int:
-    return len(json.dumps(text)) - 2
-
-
-def split_point(text: str, budget: int) -> int:
-    """Where a part that outgrew the budget ends: the latest paragraph, line or word break in
-    the window before the budget, else the budget itself (in characters that fit)."""
-    limit = len(text)
-    while limit > 1 and escaped_size(text[:limit]) > budget:
-        limit = max(1, int(limit * budget / escaped_size(text[:limit])) - 1)
-    floor = int(limit * (1 - _SPLIT_WINDOW))
-    for separator in ("\n\n", "\n", " "):
-        cut = text.rfind(separator, floor, limit)
-        if cut > 0:
-            return cut + len(separator)
-    return limit
 
 
 @define
@@ -83,9 +57,9 @@ class ReplyStream:
     def text(self) -> str:
         return "".join(part.text for part in self.parts)
 
-    @property
-    def event_ids(self) -> list[str]:
-        return [part.event_id for part in self.parts if part.event_id]
+    def part_ids(self) -> list[str]:
+        """The events of this reply in Matrix, in order: what another try takes over."""
+        return [part.event_id for part in self.parts if part.event_id] + self._reuse
 
     def start(self) -> None:
         self._flusher = asyncio.create_task(self._flush_loop())
@@ -192,5 +166,3 @@ class ReplyStream:
     async def _redact_unused(self) -> None:
         while self._reuse:
             await self.outbox.redact(self.target.room_id, self._reuse.pop(0), "replaced")
-
-

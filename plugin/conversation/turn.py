@@ -1,4 +1,9 @@
-"""The turn: answering one queued job (a message, a retry or a compaction) in its room."""
+"""The turn: answering one queued job (a message, a retry or a compaction) in its room.
+
+A message moves through its delivery state here: answering once its turn is taken, answered
+once its final answer (or a final notice) is in Matrix, in the same transaction as the answer's
+turn. A crash anywhere leaves a state the next start completes (see `startup.catchup`).
+"""
 
 from __future__ import annotations
 
@@ -6,20 +11,26 @@ import asyncio
 from collections.abc import Callable
 from logging import Logger
 
-from mautrix.errors import MatrixRequestError
+from mautrix.errors import MatrixError
 
 from ..agents.base import BackendError
 from ..db import Store
-from ..db.rows import ACTIVE, RoomRow, TurnRow
+from ..db.rows import ACTIVE, ANSWERED, ANSWERING, RoomRow, TurnRow, now_ms
 from ..matrix.outbox import Outbox
 from ..matrix.replies import ReplyTarget
+from ..ops import access
 from ..ops.metrics import Metrics
 from ..ops.settings import AgentSettings, Settings
 from .agent_call import AgentCaller
 from .context import ASSISTANT, COMPACT_PROMPT, ContextManager, estimate_tokens
 from .queues import COMPACT, MESSAGE, RETRY, Job
-from .quota import Quota
+from .quota import Quota, today
+from .refusals import Refusals, these
 from .stream import ReplyStream
+
+# When Matrix fails while a message is answered, it is tried again after these waits; after
+# that it stays unanswered in the delivery state, and the next start answers it.
+MATRIX_RETRY_WAITS = (2.0, 10.0)
 
 
 class TurnRunner:
@@ -29,6 +40,7 @@ class TurnRunner:
         context: ContextManager,
         quota: Quota,
         caller: AgentCaller,
+        refusals: Refusals,
         outbox: Outbox,
         metrics: Metrics,
         settings: Callable[[], Settings],
@@ -38,31 +50,40 @@ class TurnRunner:
         self.context = context
         self.quota = quota
         self.caller = caller
+        self.refusals = refusals
         self.outbox = outbox
         self.metrics = metrics
         self.settings = settings
         self.log = log
 
     async def run(self, job: Job) -> None:
-        try:
-            room = await self.store.rooms.get(job.room_id)
-            if room is not None and room.state == ACTIVE:
-                settings = self.settings()
-                if job.kind == MESSAGE:
-                    await self._answer_message(job, room, settings)
-                elif job.kind == RETRY:
-                    await self._answer_retry(job, room, settings)
-                elif job.kind == COMPACT:
-                    await self._compact(job, room, settings)
-        except asyncio.CancelledError:
-            # Stopped mid-way: the cursor stays, so that the catch-up answers it after a restart.
-            raise
-        except Exception:
-            if job.kind == MESSAGE:
-                await self._advance_cursor(job)
-            raise
+        for wait in (*MATRIX_RETRY_WAITS, None):
+            try:
+                await self._run_once(job)
+                return
+            except MatrixError as e:
+                if wait is None:
+                    await self._gave_up(job, e)
+                    return
+                self.log.warning(f"Matrix failed in {job.room_id} ({e}); trying again in {wait} s")
+                await asyncio.sleep(wait)
+
+    async def _gave_up(self, job: Job, error: MatrixError) -> None:
         if job.kind == MESSAGE:
-            await self._advance_cursor(job)
+            self.log.error(
+                f"Matrix kept failing while answering {job.event.event_id} in {job.room_id} "
+                f"({error}); it stays unanswered, and the next start answers it"
+            )
+            return
+        self.log.error(f"Matrix kept failing on {job.kind} in {job.room_id}: {error}")
+        try:
+            await self.outbox.reply(
+                ReplyTarget.of(job.event),
+                f"⚠️ The homeserver failed, so this did not finish ({error}). Nothing was "
+                "changed; send the command again later.",
+            )
+        except MatrixError as e:
+            self.log.warning(f"Could not tell {job.room_id} either: {e}")
 
     async def failed(self, job: Job, error: Exception) -> None:
         self.metrics.error("dispatch", f"{job.kind} in {job.room_id}: {type(error).__name__}")
@@ -73,25 +94,49 @@ class TurnRunner:
                 f"⚠️ Something went wrong while handling this. Your message is kept; send "
                 f"`!{prefix} retry` to try again.",
             )
+            await self._settle(job)
         except Exception as e:
             self.log.warning(f"Could not tell {job.room_id} about the failure: {e}")
 
-    async def _advance_cursor(self, job: Job) -> None:
-        await self.store.rooms.set_cursor(job.room_id, job.event.event_id, job.event.timestamp)
+    async def _run_once(self, job: Job) -> None:
+        room = await self.store.rooms.get(job.room_id)
+        settings = self.settings()
+        if room is None or room.state != ACTIVE:
+            # The room is not managed any more: nothing can be answered there.
+            await self._settle(job)
+        elif job.kind == MESSAGE:
+            await self._answer_message(job, room, settings)
+        elif job.kind == RETRY:
+            await self._answer_retry(job, room, settings)
+        elif job.kind == COMPACT:
+            await self._compact(job, room, settings)
+
+    async def _settle(self, job: Job) -> None:
+        """The message is answered: a notice said why it did not go to the agent."""
+        if job.kind == MESSAGE:
+            await self.store.messages.set_state(job.event.event_id, ANSWERED)
 
     async def _answer_message(self, job: Job, room: RoomRow, settings: Settings) -> None:
         target = ReplyTarget.of(job.event)
-        if job.over_quota:
-            await self._quota_notice(
+        if not access.is_allowed(settings, room.owner):
+            await self.refusals.revoked(target, room.owner)
+        elif job.over_quota:
+            limit = settings.messages_per_minute
+            await self.refusals.refuse(
                 target,
-                job.sender,
                 "minute",
-                f"You sent more than {settings.messages_per_minute} messages in the last "
-                "minute, so this one did not go to the agent. Wait a moment and send it again.",
+                lambda n: (
+                    f"You sent more than {limit} messages in a minute, so {these(n)} "
+                    "did not go to the agent. Wait a moment and send it again."
+                ),
             )
+        else:
+            async with self.store.transaction() as tx:
+                await tx.messages.set_state(job.event.event_id, ANSWERING)
+                turn = await self.context.user_turn(tx, room.room_id, job.event.event_id, job.text)
+            await self._answer(job, room, turn, target, settings)
             return
-        turn = await self.context.user_turn(room.room_id, job.event.event_id, job.text)
-        await self._answer(job, room, turn, target, settings)
+        await self._settle(job)
 
     async def _answer_retry(self, job: Job, room: RoomRow, settings: Settings) -> None:
         turns = await self.store.turns.of_room(room.room_id)
@@ -115,40 +160,52 @@ class TurnRunner:
     ) -> None:
         agent = await self._agent_or_notice(room, target, settings)
         if agent is None:
+            await self._settle(job)
             return
         if await self.quota.tokens_exhausted(room.owner):
-            await self._quota_notice(
+            limit, prefix = settings.daily_tokens, settings.command_prefix
+            await self.refusals.refuse(
                 target,
-                room.owner,
                 "day",
-                f"You used today's allowance of {settings.daily_tokens} tokens, so this message "
-                f"did not go to the agent. It is kept: send `!{settings.command_prefix} retry` "
-                "tomorrow (UTC).",
+                lambda n: (
+                    f"You used today's allowance of {limit} tokens, so {these(n)} did not "
+                    f"go to the agent. It is kept: send `!{prefix} retry` tomorrow (UTC)."
+                ),
             )
+            await self._settle(job)
             return
         request = await self.context.request_for(room, agent, turn, job.sender)
-        stream = ReplyStream(self.outbox, target, settings)
+        stream = ReplyStream(self.outbox, target, settings, resume=job.resume)
+        stream.start()
         try:
-            text = await self.caller.call(agent, request, settings, stream.add)
+            text = await self.caller.call(agent, request, settings, stream)
             await stream.finish()
-            job.shown = True
         except BackendError as e:
             self._failed(agent, room.room_id, e)
             await stream.fail(
                 f"⚠️ {agent.name} failed: {e.describe()}. Your message is kept; "
                 f"send `!{settings.command_prefix} retry` to try again."
             )
-            job.shown = True
+            await self._settle(job)
             return
-        except MatrixRequestError as e:
-            # The answer could not be shown, so the turn stays unanswered for a retry.
-            self.log.warning(f"Could not send the answer in {room.room_id}: {e}")
-            self.metrics.error("matrix_send", f"answer in {room.room_id}: {type(e).__name__}")
-            return
+        except BaseException:
+            # A Matrix failure, or a stop: what was shown is taken over by the next try.
+            job.resume = stream.part_ids()
+            await stream.close()
+            raise
+        await self._answered(job, room, turn, text, stream, request.context_tokens)
+
+    async def _answered(
+        self, job: Job, room: RoomRow, turn: TurnRow, text: str, stream: ReplyStream, used: int
+    ) -> None:
         async with self.store.transaction() as tx:
             await tx.turns.add_answered(room.room_id, [(None, ASSISTANT, text)])
             await tx.turns.set_answered(turn.id, True)
-        await self.quota.record(room.owner, request.context_tokens + estimate_tokens(text))
+            if job.kind == MESSAGE:
+                await tx.messages.set_state(job.event.event_id, ANSWERED)
+                # The answer is the newest event the bot knows of in the room.
+                await tx.rooms.set_cursor(room.room_id, stream.part_ids()[-1], now_ms())
+            await tx.usage.add(room.owner, today(), 1, used + estimate_tokens(text))
 
     async def _agent_or_notice(
         self, room: RoomRow, target: ReplyTarget, settings: Settings
@@ -194,8 +251,3 @@ class TurnRunner:
     def _failed(self, agent: AgentSettings, room_id: str, error: BackendError) -> None:
         self.log.warning(f"Agent {agent.id} failed in {room_id}: {error.describe()}")
         self.metrics.error(f"backend_{error.kind}", error.describe(), agent_id=agent.id)
-
-    async def _quota_notice(self, target: ReplyTarget, user_id: str, kind: str, text: str) -> None:
-        self.metrics.error("quota", f"{kind} limit reached")
-        if self.quota.should_notify(user_id, kind):
-            await self.outbox.reply(target, text)

@@ -87,6 +87,11 @@ class UserTable:
         now = now_ms()
         await self.db.executemany(_USER_UPSERT_UNCHANGED, [(u, s, now, since) for u, s in users])
 
+    async def told_revoked(self) -> list[str]:
+        """The users who were told that their access was withdrawn."""
+        rows = await self.db.fetch("SELECT user_id FROM agent_user WHERE access_notice")
+        return [row["user_id"] for row in rows]
+
     async def set_access_notice(self, user_id: str, told: bool) -> None:
         await self.db.execute(
             "INSERT INTO agent_user (user_id, space_id, created_at, access_notice) "

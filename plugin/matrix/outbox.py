@@ -12,17 +12,19 @@ failures (`MatrixError`).
 from __future__ import annotations
 
 import asyncio
+import json
 from logging import Logger
 from typing import Any, Protocol
 
+import aiohttp
 from maubot.matrix import MaubotMatrixClient
 from mautrix.api import Method, Path, PathBuilder
-from mautrix.errors import MNotFound, make_request_error
+from mautrix.errors import MatrixConnectionError, MatrixError, MNotFound, make_request_error
 from mautrix.types import EventType, Serializable
 
 from ..ops.metrics import Metrics
-from .render import render
-from .replies import NOTICE, ReplyTarget
+from .render import render, split_text
+from .replies import COVERS_KEY, NOTICE, ReplyTarget
 
 # Tries of one request that the homeserver rate-limits, and the wait when it names none.
 SEND_TRIES = 8
@@ -30,12 +32,23 @@ DEFAULT_RETRY_MS = 1000
 MAX_RETRY_MS = 60_000
 MESSAGE = "m.room.message"
 REACTION = "m.reaction"
+# Matrix refuses events over 64 KiB; an encrypted event is about a third larger than its content.
+MAX_CONTENT_BYTES = 45_000
+# User events one notice names as answered; an event id is about 50 bytes.
+MAX_COVERS = 200
+
+
+class EventTooLarge(ValueError):
+    """Content that Matrix would refuse: the caller must split it (see `render.split_text`)."""
 
 
 class RateLimited(Exception):
-    def __init__(self, retry_after_ms: int | None) -> None:
-        super().__init__(f"rate limited, retry after {retry_after_ms} ms")
+    """The homeserver asks to wait (429), or could not be reached: worth trying again."""
+
+    def __init__(self, retry_after_ms: int | None, reason: str = "rate limited") -> None:
+        super().__init__(f"{reason}, retry after {retry_after_ms} ms")
         self.retry_after_ms = retry_after_ms
+        self.reason = reason
 
 
 def retry_delay_ms(error: RateLimited, attempt: int) -> int:
@@ -66,12 +79,16 @@ class HttpTransport:
         api = self.api
         url = api.base_url.with_path(api.base_url.raw_path.rstrip("/") + str(path), encoded=True)
         headers = {"Authorization": f"Bearer {api.token}"}
-        async with api.session.request(str(method), url, json=body, headers=headers) as resp:
-            text = await resp.text()
-            try:
-                data = await resp.json(content_type=None)
-            except ValueError:
-                data = {}
+        try:
+            async with api.session.request(str(method), url, json=body, headers=headers) as resp:
+                text = await resp.text()
+                try:
+                    data = await resp.json(content_type=None)
+                except ValueError:
+                    data = {}
+        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+            # The same transaction id makes the next try safe even if this one got through.
+            raise RateLimited(None, f"homeserver unreachable ({type(e).__name__})") from e
         data = data if isinstance(data, dict) else {}
         if resp.status == 429:
             retry_after = data.get("retry_after_ms")
@@ -92,6 +109,9 @@ class Outbox:
 
     async def send(self, room_id: str, content: dict[str, Any], event_type: str = MESSAGE) -> str:
         """Sends one message-like event and returns its id."""
+        size = len(json.dumps(content))
+        if size > MAX_CONTENT_BYTES:
+            raise EventTooLarge(f"{size} bytes of content for {room_id}")
         plain_type = event_type
         if event_type != REACTION and await self._encrypted(room_id):
             encrypted = await self.client.encrypt(room_id, EventType.find(event_type), content)
@@ -102,15 +122,35 @@ class Outbox:
             self.metrics.message_out()
         return event_id
 
-    async def reply(self, target: ReplyTarget, text: str, msgtype: str = NOTICE) -> str:
-        """Markdown `text` as a reply to the target event (command replies, notices)."""
-        content = render(text, msgtype)
-        content["m.relates_to"] = target.relation()
-        return await self.send(target.room_id, content)
+    async def reply(
+        self,
+        target: ReplyTarget,
+        text: str,
+        msgtype: str = NOTICE,
+        extra: dict[str, Any] | None = None,
+    ) -> str:
+        """Markdown `text` as a reply to the target event (command replies, notices); long text
+        as consecutive replies. Returns the last one's id."""
+        event_id = ""
+        for piece in split_text(text):
+            content = {**render(piece, msgtype), **(extra or {})}
+            content["m.relates_to"] = target.relation()
+            event_id = await self.send(target.room_id, content)
+        return event_id
 
     async def notice(self, room_id: str, text: str) -> str:
         """Markdown `text` as a notice that replies to nothing."""
-        return await self.send(room_id, render(text, NOTICE))
+        event_id = ""
+        for piece in split_text(text):
+            event_id = await self.send(room_id, render(piece, NOTICE))
+        return event_id
+
+    async def notice_covering(self, room_id: str, text: str, covers: list[str]) -> None:
+        """A notice that answers these user events (see `replies.COVERS_KEY`); as many notices
+        as it takes to name them all."""
+        for start in range(0, len(covers), MAX_COVERS):
+            content = {**render(text, NOTICE), COVERS_KEY: covers[start : start + MAX_COVERS]}
+            await self.send(room_id, content)
 
     async def state(
         self, room_id: str, event_type: str, content: dict[str, Any], state_key: str = ""
@@ -138,14 +178,26 @@ class Outbox:
     async def _request(
         self, method: Method, path: PathBuilder, body: dict[str, Any], room_id: str
     ) -> dict[str, Any]:
+        try:
+            return await self._request_retrying(method, path, body, room_id)
+        except MatrixError as e:
+            # Counted here, once: a Matrix failure is never an agent's.
+            self.metrics.error("matrix", f"sending to {room_id}: {type(e).__name__} {e}")
+            raise
+
+    async def _request_retrying(
+        self, method: Method, path: PathBuilder, body: dict[str, Any], room_id: str
+    ) -> dict[str, Any]:
         for attempt in range(1, SEND_TRIES + 1):
             try:
                 return await self.transport.request(method, path, body)
             except RateLimited as e:
-                if attempt == SEND_TRIES:
+                if attempt == SEND_TRIES and e.reason == "rate limited":
                     raise make_request_error(429, str(e), "M_LIMIT_EXCEEDED", str(e)) from e
+                if attempt == SEND_TRIES:
+                    raise MatrixConnectionError(str(e)) from e
                 wait_ms = retry_delay_ms(e, attempt)
-                self.log.info(f"Rate limited sending to {room_id}; retrying in {wait_ms} ms")
+                self.log.info(f"Sending to {room_id}: {e.reason}; retrying in {wait_ms} ms")
                 await asyncio.sleep(wait_ms / 1000)
         raise AssertionError("unreachable")
 

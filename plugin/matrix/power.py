@@ -1,6 +1,6 @@
 """Power levels of the rooms the bot creates: the bot alone manages their structure.
 
-Room version 12 gives the creator (the bot) unlimited power, so the bot is never listed.
+Who may change what: the owner chats and names their rooms; the structure is the bot's.
 """
 
 from __future__ import annotations

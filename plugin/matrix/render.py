@@ -8,6 +8,7 @@ escaped (mautrix's renderer does that), images are shown as links rather than em
 
 from __future__ import annotations
 
+import json
 from html import escape
 from typing import Any
 
@@ -17,6 +18,40 @@ from mautrix.util.markdown import HtmlEscapingRenderer
 from .replies import STREAMING_KEY
 
 SAFE_SCHEMES = ("https:", "http:", "mailto:", "matrix:")
+# The most text one message holds, counted as its JSON-escaped size: an edit carries the text
+# three times (body, new body, HTML), and an encrypted event grows by a third, which keeps every
+# event well under Matrix's 64 KiB. Longer text goes out as consecutive messages.
+PART_BUDGET = 10_000
+# A part ends at a paragraph, a line or a word when one is this close to the budget.
+_SPLIT_WINDOW = 0.3
+
+
+def escaped_size(text: str) -> int:
+    return len(json.dumps(text)) - 2
+
+
+def split_point(text: str, budget: int) -> int:
+    """Where a part that outgrew the budget ends: the latest paragraph, line or word break in
+    the window before the budget, else the budget itself (in characters that fit)."""
+    limit = len(text)
+    while limit > 1 and escaped_size(text[:limit]) > budget:
+        limit = max(1, int(limit * budget / escaped_size(text[:limit])) - 1)
+    floor = int(limit * (1 - _SPLIT_WINDOW))
+    for separator in ("\n\n", "\n", " "):
+        cut = text.rfind(separator, floor, limit)
+        if cut > 0:
+            return cut + len(separator)
+    return limit
+
+
+def split_text(text: str, budget: int = PART_BUDGET) -> list[str]:
+    """Text cut into pieces that each fit the budget, at paragraph, line or word breaks."""
+    pieces: list[str] = []
+    while escaped_size(text) > budget:
+        cut = split_point(text, budget)
+        pieces.append(text[:cut])
+        text = text[cut:]
+    return [*pieces, text]
 
 
 def safe_url(url: str) -> bool:

@@ -138,15 +138,22 @@ def resolve(events: list[dict[str, Any]], bot_id: str) -> Timeline:
         if relation.get("rel_type") == "m.replace":
             original = by_id.get(relation.get("event_id", ""))
             new = content.get("m.new_content")
-            if original is not None and isinstance(new, dict):
-                original.content = {**new, "m.relates_to": original.content.get("m.relates_to")}
+            if isinstance(new, dict):
+                _cover(timeline, new)
+                if original is not None:
+                    relates_to = original.content.get("m.relates_to")
+                    original.content = {**new, "m.relates_to": relates_to}
             continue
-        covers = content.get(COVERS_KEY)
-        if isinstance(covers, list):
-            timeline.covered.update(e for e in covers if isinstance(e, str))
+        _cover(timeline, content)
         target = reply_target(content)
         if target:
             reply = Reply(ev["event_id"], content)
             by_id[reply.event_id] = reply
             timeline.replies.setdefault(target, []).append(reply)
     return timeline
+
+
+def _cover(timeline: Timeline, content: dict[str, Any]) -> None:
+    covers = content.get(COVERS_KEY)
+    if isinstance(covers, list):
+        timeline.covered.update(e for e in covers if isinstance(e, str))

@@ -39,6 +39,11 @@ class Settings:
     timeout: float
     messages_per_minute: int
     daily_tokens: int
+    rooms_per_user: int
+    pending_per_room: int
+    memory_entries: int
+    memory_entry_chars: int
+    answer_chars: int
     reconcile_timeout: float
     catch_up_max_age: float
     catch_up_max_per_room: int

@@ -60,6 +60,7 @@ class StatusPages:
         settings: Callable[[], Settings],
         queue_depth: Callable[[], int],
         last_report: Callable[[], ReconcileReport | None],
+        config_status: Callable[[], str],
     ) -> None:
         self.bot_id = bot_id
         self.store = store
@@ -67,6 +68,7 @@ class StatusPages:
         self.settings = settings
         self.queue_depth = queue_depth
         self.last_report = last_report
+        self.config_status = config_status
 
     @handlers.get("/metrics")
     async def metrics_page(self, request: web.Request) -> web.Response:
@@ -130,11 +132,13 @@ class StatusPages:
         metrics = self.metrics
         return [
             ("Bot", self.bot_id),
+            ("Config", self.config_status()),
             ("Users", str(users)),
             ("Rooms", ", ".join(f"{n} {state}" for state, n in sorted(states.items())) or "0"),
             ("Queue depth", str(self.queue_depth())),
             ("Last reconciliation", report.summary() if report else "not run yet"),
             ("Messages in / out", f"{metrics.messages_in} / {metrics.messages_out}"),
+            ("Matrix errors", str(metrics.errors_by_kind.get("matrix", 0))),
         ]
 
     def _agents(self) -> list[tuple[str, ...]]:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from logging import Logger
 
 from maubot.matrix import MaubotMatrixClient
+from mautrix.client.syncer import SyncStream
 from mautrix.errors import MatrixError
 from mautrix.types import EventType, Membership, StateEvent
 
@@ -24,10 +25,20 @@ from ..matrix.outbox import Outbox
 from ..matrix.record import MatrixRecord
 from ..ops import access
 from ..ops.settings import Settings
+from ..ops.throttle import Throttle
 from .onboarding import Onboarding
 from .rooms import WorkingRooms
 
 _GONE = (Membership.LEAVE, Membership.BAN)
+# A room is told at most this often that the bot cannot read encrypted messages.
+ENCRYPTION_NOTICE_INTERVAL = 24 * 3600.0
+
+
+def _from_invite(evt: StateEvent) -> bool:
+    """The invite as the invite section of /sync delivers it. Once the bot joined, the same
+    invite event comes again in the room's timeline: that one was answered already."""
+    source = getattr(evt, "source", None)
+    return source is None or bool(source & SyncStream.INVITED_ROOM)
 
 
 class MembershipHandler:
@@ -51,12 +62,12 @@ class MembershipHandler:
         self.settings = settings
         self.log = log
         # Rooms already told that the bot cannot read encryption, so the notice comes once.
-        self._encryption_noticed: set[str] = set()
+        self._encryption_noticed = Throttle(ENCRYPTION_NOTICE_INTERVAL)
 
     async def on_member(self, evt: StateEvent) -> None:
         membership = evt.content.membership
         if evt.state_key == self.client.mxid:
-            if membership == Membership.INVITE:
+            if membership == Membership.INVITE and _from_invite(evt):
                 invite_state = getattr(evt.unsigned, "invite_room_state", None) or []
                 encrypted = any(ev.type == EventType.ROOM_ENCRYPTION for ev in invite_state)
                 is_direct = bool(evt.content.is_direct)
@@ -95,14 +106,13 @@ class MembershipHandler:
         """Sends what a joined invite calls for. False when that failed: the next start retries."""
         settings = self.settings()
         cannot_read = encrypted and self.client.crypto is None
-        if cannot_read and room_id in self._encryption_noticed:
+        if cannot_read and not self._encryption_noticed.allow(room_id):
             return True
         onboard = settings.on_invite and (is_direct or cannot_read)
         if not onboard and not cannot_read:
             return True
         parts: list[str] = []
         if cannot_read:
-            self._encryption_noticed.add(room_id)
             parts.append(
                 "I can't read encrypted messages, so I can't answer in this room. "
                 "Talk to the agents in the rooms of your Space instead."

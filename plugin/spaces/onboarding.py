@@ -6,7 +6,6 @@ told to the user, who can run it again to finish.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from logging import Logger
 
@@ -17,9 +16,11 @@ from mautrix.types import EventType, Membership, RoomCreatePreset
 
 from ..db import Store
 from ..db.rows import RoomRow
+from ..errors import UsageError
 from ..matrix.binding import SpaceRecord
 from ..matrix.power import space_power_levels
 from ..matrix.record import MatrixRecord
+from ..ops.locks import KeyedLocks
 from ..ops.settings import Settings
 from .rooms import WorkingRooms
 
@@ -57,16 +58,13 @@ class Onboarding:
         self.rooms = rooms
         self.settings = settings
         self.log = log
-        self._locks: dict[str, asyncio.Lock] = {}
-
-    def lock(self, user_id: str) -> asyncio.Lock:
         # One onboarding at a time per user, so that two `!ai start` at once give one Space.
-        return self._locks.setdefault(user_id, asyncio.Lock())
+        self._locks = KeyedLocks()
 
     async def onboard(self, user_id: str) -> OnboardResult:
         """Makes sure the user has a Space, is invited to it, and has the onboarding rooms."""
         result = OnboardResult()
-        async with self.lock(user_id):
+        async with self._locks.hold(user_id):
             try:
                 result.space_id = await self._ensure_space(user_id, result)
             except MatrixError as e:
@@ -121,10 +119,17 @@ class Onboarding:
 
     async def ensure_space(self, user_id: str) -> str:
         """The user's Space, made (without onboarding rooms) if they have none yet."""
-        async with self.lock(user_id):
+        async with self._locks.hold(user_id):
             return await self._ensure_space(user_id, OnboardResult())
 
     async def new_room(self, owner: str, agent_id: str, title: str | None = None) -> RoomRow:
+        limit = self.settings().rooms_per_user
+        if await self.store.rooms.count_of_owner(owner) >= limit:
+            prefix = self.settings().command_prefix
+            raise UsageError(
+                f"You have {limit} working rooms, the most one user may have here. Archive one "
+                f"with `!{prefix} archive` in it, then open a new one."
+            )
         space_id = await self.ensure_space(owner)
         return await self.rooms.create(owner, space_id, agent_id, title)
 
@@ -146,11 +151,11 @@ class Onboarding:
     async def _create_space(self, owner: str) -> str:
         settings = self.settings()
         name = settings.space_name.format(displayname=await self._displayname(owner), user_id=owner)
-        space_id = await self.client.create_room(
+        space_id = await self.rooms.creator.create(
+            space_power_levels(owner),
             preset=RoomCreatePreset.PRIVATE,
             name=name,
             creation_content={"type": "m.space"},
-            power_level_override=space_power_levels(owner),
         )
         try:
             await self.record.write_space(space_id, SpaceRecord(owner))

@@ -17,6 +17,7 @@ from mautrix.types import EventType, RoomCreatePreset
 from ..db import Store
 from ..db.rows import ACTIVE, ARCHIVED, RoomRow
 from ..matrix.binding import Binding, new_chat_id
+from ..matrix.creation import RoomCreator
 from ..matrix.links import SpaceLinks, matrix_to, parent_content
 from ..matrix.outbox import Outbox
 from ..matrix.power import room_power_levels
@@ -35,10 +36,12 @@ class WorkingRooms:
         outbox: Outbox,
         links: SpaceLinks,
         bindings: Bindings,
+        creator: RoomCreator,
         settings: Callable[[], Settings],
         log: Logger,
     ) -> None:
         self.client = client
+        self.creator = creator
         self.store = store
         self.outbox = outbox
         self.links = links
@@ -74,11 +77,11 @@ class WorkingRooms:
                     "content": {"algorithm": MEGOLM},
                 }
             )
-        room_id = await self.client.create_room(
+        room_id = await self.creator.create(
+            room_power_levels(owner),
             preset=RoomCreatePreset.PRIVATE,
             name=title,
             initial_state=initial_state,
-            power_level_override=room_power_levels(owner),
         )
         binding = Binding(owner=owner, space_id=space_id, agent_id=agent_id, chat_id=new_chat_id())
         row = RoomRow.new(room_id, binding, title)

@@ -116,6 +116,8 @@ def _plan_room(
     )
     if old is not None:
         row.last_event_id, row.last_event_ts = old.last_event_id, old.last_event_ts
+    # A rebuild is no change of the plugin's: the row keeps the time of the last one.
+    row.updated_at = old.updated_at if old is not None else 0
     if state == ACTIVE:
         plan.managed_rooms += 1
     if old is None:

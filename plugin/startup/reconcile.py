@@ -18,7 +18,7 @@ from mautrix.types import EventType
 from mautrix.util.logging import TraceLogger
 
 from ..db import Store
-from ..db.rows import RoomRow
+from ..db.rows import RoomRow, now_ms
 from ..matrix.binding import Binding
 from ..matrix.links import SpaceLinks
 from ..matrix.record import MatrixRecord
@@ -76,16 +76,19 @@ class Reconciler:
     async def run(self) -> ReconcileReport:
         async with self._lock:
             started = time.monotonic()
+            # What the plugin changes after this moment is newer than the view: when this runs
+            # while the bot is live, those changes are kept, not reverted.
+            since = now_ms()
             report = ReconcileReport()
             view = await discover(self.client)
             db_rooms = {r.room_id: r for r in await self.store.rooms.all()}
             db_users = {u.user_id: u for u in await self.store.users.all()}
             plan = compute(view, db_rooms, db_users, self.client.mxid)
-            report.errors += await self._repair_matrix(plan)
+            report.errors += await self._repair_matrix(plan, since)
             if plan.rooms or plan.users:
                 async with self.store.transaction() as tx:
-                    await tx.rooms.upsert_many(plan.rooms)
-                    await tx.users.upsert_many(plan.users)
+                    await tx.rooms.upsert_unchanged_since(plan.rooms, since)
+                    await tx.users.upsert_unchanged_since(plan.users, since)
             invites = view.invites + [
                 await self._joined_invite(room) for room in view.unanswered_joins(self.client.mxid)
             ]
@@ -131,22 +134,30 @@ class Reconciler:
             return 1
         return 0
 
-    async def _repair_matrix(self, plan: Plan) -> int:
+    async def _changed_since(self, room_id: str, since: int) -> bool:
+        room = await self.store.rooms.get(room_id)
+        return room is not None and room.updated_at > since
+
+    async def _repair_matrix(self, plan: Plan, since: int) -> int:
         errors = 0
         for room_id, binding in plan.binding_writes:
-            errors += await self._guarded(
-                f"writing the binding of {room_id}", self.record.write_binding(room_id, binding)
-            )
+            if not await self._changed_since(room_id, since):
+                errors += await self._guarded(
+                    f"writing the binding of {room_id}",
+                    self.record.write_binding(room_id, binding),
+                )
         for space_id, room_id in plan.child_links:
-            errors += await self._guarded(
-                f"restoring the child link {space_id} -> {room_id}",
-                self.links.link_child(space_id, room_id),
-            )
+            if not await self._changed_since(room_id, since):
+                errors += await self._guarded(
+                    f"restoring the child link {space_id} -> {room_id}",
+                    self.links.link_child(space_id, room_id),
+                )
         for room_id, space_id in plan.parent_links:
-            errors += await self._guarded(
-                f"restoring the parent link {room_id} -> {space_id}",
-                self.links.link_parent(room_id, space_id),
-            )
+            if not await self._changed_since(room_id, since):
+                errors += await self._guarded(
+                    f"restoring the parent link {room_id} -> {space_id}",
+                    self.links.link_parent(room_id, space_id),
+                )
         for new_room, binding in plan.moves:
             errors += await self._guarded(
                 f"following the move to {new_room}", self._follow(new_room, binding, plan)

@@ -118,6 +118,8 @@ class FakeMatrix:
         # What /sync answers; sliding sync answers the same rooms in its shape when `sliding`.
         self.sync_data: dict[str, Any] = {"rooms": {}}
         self.sliding = True
+        # The room versions the homeserver offers, its default last (Synapse 1.163: up to 12).
+        self.room_versions = ["10", "11", "12"]
         # Room id -> raw events of its timeline, newest first (as /messages pages backwards).
         self.history: dict[str, list[dict[str, Any]]] = {}
 
@@ -297,6 +299,10 @@ class FakeMatrix:
             if not self.sliding:
                 raise MUnrecognized(404, "Unrecognized request")
             return as_sliding_sync(self.sync_data)
+        if path.endswith("/capabilities"):
+            available = {version: "stable" for version in self.room_versions}
+            versions = {"default": self.room_versions[-1], "available": available}
+            return {"capabilities": {"m.room_versions": versions}}
         if path.endswith("/messages"):
             return self._messages(unquote(path.split("/")[-2]), query)
         return self._sync(json.loads(query.get("filter") or "{}"))

@@ -12,6 +12,7 @@ from mautrix.util.config import RecursiveDict
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap
 
+from plugin.db import Store
 from plugin.ops.config import CONFIG_KEYS, Config, ConfigError, load_settings
 from plugin.ops.live_config import LiveConfig
 from plugin.ops.metrics import Metrics
@@ -157,7 +158,7 @@ def test_a_broken_section_is_reported_once_not_key_by_key() -> None:
     ]
 
 
-def _live(stored: StoredConfig) -> tuple[LiveConfig, Metrics, list[str]]:
+def _live(stored: StoredConfig, store: Store) -> tuple[LiveConfig, Metrics, list[str]]:
     logged: list[str] = []
 
     class Capture(logging.Handler):
@@ -168,29 +169,29 @@ def _live(stored: StoredConfig) -> tuple[LiveConfig, Metrics, list[str]]:
     log.addHandler(Capture())
     log.setLevel(logging.DEBUG)
     metrics = Metrics()
-    return LiveConfig(stored.config(), "example.org", log, metrics), metrics, logged
+    return LiveConfig(stored.config(), "example.org", store.state, log, metrics), metrics, logged
 
 
-def test_first_start_generates_and_saves_the_web_token() -> None:
+async def test_first_start_generates_and_saves_the_web_token(store: Store) -> None:
     stored = StoredConfig("")
-    live, _, logged = _live(stored)
-    settings = live.at_start()
+    live, _, logged = _live(stored, store)
+    settings = await live.at_start()
     assert len(settings.web_token) >= 24
     assert yaml.load(stored.text)["web"]["token"] == settings.web_token
     assert all(settings.web_token not in line for line in logged)
 
 
-def test_a_rejected_change_keeps_and_restores_the_last_valid_config() -> None:
+async def test_a_rejected_change_keeps_and_restores_the_last_valid_config(store: Store) -> None:
     stored = StoredConfig("command_prefix: bot\n")
-    live, metrics, logged = _live(stored)
-    settings = live.at_start()
+    live, metrics, logged = _live(stored, store)
+    settings = await live.at_start()
     valid_text = stored.text
 
     stored.text = (
         "command_prefix: changed\nagents:\n- id: echo\n  backend: echo\n"
         f"- id: o\n  backend: openai\n  api_key: {SECRET}\n"
     )
-    after = live.changed(settings)
+    after = await live.changed(settings)
 
     assert after is settings
     assert after.command_prefix == "bot"
@@ -202,43 +203,69 @@ def test_a_rejected_change_keeps_and_restores_the_last_valid_config() -> None:
     assert "agents[1].base_url" in metrics.recent_errors[-1].message
 
 
-def test_unparseable_yaml_is_rejected_without_quoting_the_line() -> None:
+async def test_unparseable_yaml_is_rejected_without_quoting_the_line(store: Store) -> None:
     stored = StoredConfig("")
-    live, _, logged = _live(stored)
-    settings = live.at_start()
+    live, _, logged = _live(stored, store)
+    settings = await live.at_start()
     valid_text = stored.text
     stored.text = f"agents:\n  - id: x\n   api_key: '{SECRET}\n"
-    assert live.changed(settings) is settings
+    assert await live.changed(settings) is settings
     assert stored.text == valid_text
     assert any("line 3" in line for line in logged), logged
     assert all(SECRET not in line for line in logged)
 
 
-def test_a_valid_change_applies_and_keeps_the_token_when_emptied() -> None:
+async def test_a_valid_change_applies_and_keeps_the_token_when_emptied(store: Store) -> None:
     stored = StoredConfig("")
-    live, _, logged = _live(stored)
-    settings = live.at_start()
+    live, _, logged = _live(stored, store)
+    settings = await live.at_start()
     stored.text = "command_prefix: bot\nweb:\n  token: ''\n"
-    after = live.changed(settings)
+    after = await live.changed(settings)
     assert after.command_prefix == "bot"
     assert after.web_token == settings.web_token
     assert yaml.load(stored.text)["web"]["token"] == settings.web_token
     assert "Config updated" in logged
 
 
-def test_an_invalid_config_at_start_runs_on_the_defaults_and_keeps_the_text() -> None:
-    text = "command_prefix: bot\ndefault_agent: ghost\nweb:\n  token: operator-token-123\n"
-    stored = StoredConfig(text)
-    live, _, logged = _live(stored)
-    settings = live.at_start()
-    assert settings.command_prefix == "ai"
-    assert settings.default_agent == "echo"
-    assert settings.web_token == "operator-token-123"
-    assert stored.text == text
-    assert any("default_agent" in line and "defaults" in line for line in logged), logged
+async def test_an_invalid_config_at_start_runs_on_the_last_valid_one(store: Store) -> None:
+    stored = StoredConfig("command_prefix: bot\nweb:\n  token: operator-token-123\n")
+    live, _, _ = _live(stored, store)
+    await live.at_start()
+    # Edited while the instance was stopped (maubot does not validate that), then started.
+    text = "command_prefix: broken\ndefault_agent: ghost\naccess:\n  allowed: ['@*:*']\n"
+    stored.text = text
+    live, metrics, logged = _live(stored, store)
+
+    settings = await live.at_start()
+
+    assert settings.command_prefix == "bot", "the last valid config, not the defaults"
+    assert settings.allowed == ("@*:example.org",)
+    assert stored.text == text, "the operator's text stays, to be fixed in the admin UI"
+    assert any("default_agent" in line and "last valid config" in line for line in logged)
+    assert "last valid config" in live.status and metrics.errors_by_kind["config"] == 1
     # The first valid change is accepted as usual.
-    stored.text = "command_prefix: bot\n"
-    assert live.changed(settings).command_prefix == "bot"
+    stored.text = "command_prefix: fixed\n"
+    assert (await live.changed(settings)).command_prefix == "fixed"
+    assert live.status == "valid"
+
+
+async def test_an_invalid_config_at_first_start_serves_admins_only(store: Store) -> None:
+    text = (
+        "default_agent: ghost\naccess:\n  allowed: ['@*:{server}']\n  admins: ['@root:{server}']"
+        "\nweb:\n  token: operator-token-123\n"
+    )
+    stored = StoredConfig(text)
+    live, _, logged = _live(stored, store)
+
+    settings = await live.at_start()
+
+    # Fails closed: the defaults would admit every user of the homeserver.
+    assert settings.allowed == ()
+    assert settings.admins == ("@root:example.org",)
+    assert settings.web_token == "operator-token-123", "the status page still opens"
+    assert stored.text == text
+    assert any("serving admins only" in line for line in logged), logged
+    assert "admins only" in live.status
 
 
 def test_parse_settings_expands_server_in_patterns() -> None:

@@ -6,6 +6,7 @@ import pytest
 from mautrix.types import MessageEvent
 
 from plugin.agents.base import BackendServerError
+from plugin.conversation import turn
 from plugin.conversation.context import SUMMARY_PREFIX
 from plugin.matrix.binding import BINDING_TYPE
 from tests.fakes.matrix import ALICE
@@ -151,14 +152,16 @@ async def test_a_compaction_that_fails_leaves_the_context_as_it_was(
 
     _, agent_failed = await run(world, "context compact")
     backend.fail = lambda n: None
-    world.fake.fail[f"account_data:{BINDING_TYPE}"] = 1
+    # The homeserver keeps refusing the binding: each try of the compaction fails in Matrix.
+    monkeypatch.setattr(turn, "MATRIX_RETRY_WAITS", (0.0, 0.0))
+    world.fake.fail[f"account_data:{BINDING_TYPE}"] = 3
     _, matrix_failed = await run(world, "context compact")
 
     assert agent_failed == (
         "⚠️ The context was not compacted because Echo failed: its server failed (HTTP 502). "
         "It is unchanged; send `!ai context compact` to try again."
     )
-    assert matrix_failed.startswith("⚠️ Something went wrong while handling this.")
+    assert matrix_failed.startswith("⚠️ The homeserver failed, so this did not finish")
     assert [t.content for t in await world.store.turns.of_room(ROOM)] == ["one", "re: one"]
     assert (ROOM, BINDING_TYPE) not in world.fake.account_data
 

@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 
 from plugin.agents.base import BackendServerError
-from plugin.matrix.replies import STREAMING_KEY
-from tests.fakes.world import ScriptedAgent, World, script_agent
+from plugin.conversation import typing
+from plugin.matrix.replies import COVERS_KEY, STREAMING_KEY
+from tests.fakes.world import ScriptedAgent, World, make_world, script_agent
 
 ROOM = "!room:example.org"
 OTHER = "!other:example.org"
@@ -56,28 +57,35 @@ async def test_filters_commands_notices_edits_others_and_the_bots_own(
 
 
 async def test_admin_may_talk_in_any_room(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
-    await prepare(world, monkeypatch)
+    backend = await prepare(world, monkeypatch)
     world.configure({**CONFIG, "access.admins": ["@root:example.org"]})
-    intake = world.parts.intake
 
-    assert await intake.accepts(world.fake.message(ROOM, "hi", sender="@root:example.org"))
+    await world.say(ROOM, "from the admin", sender="@root:example.org")
+    await world.settle()
     await world.store.rooms.set_state(ROOM, "archived")
-    assert not await intake.accepts(world.fake.message(ROOM, "hi"))
+    await world.say(ROOM, "in an archived room")
+    await world.settle()
+
+    assert backend.texts == ["from the admin"]
 
 
 async def test_an_event_is_answered_once(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     backend = await prepare(world, monkeypatch)
     evt = world.fake.message(ROOM, "hello")
 
-    assert await world.parts.intake.submit(evt) is True
-    assert await world.parts.intake.submit(evt) is False
+    await world.parts.intake.on_message(evt)
+    await world.parts.intake.on_message(evt)
+    await world.settle()
     await world.parts.intake.on_message(evt)
     await world.settle()
 
     assert len(backend.calls) == 1
     assert world.fake.final_texts(ROOM) == {evt.event_id: "re: hello"}
+    row = await world.store.messages.get(evt.event_id)
+    assert row is not None and row.state == "answered"
+    # The room's cursor is the newest event the bot knows of: its answer.
     room = await world.room(ROOM)
-    assert (room.last_event_id, room.last_event_ts) == (evt.event_id, evt.timestamp)
+    assert room.last_event_id == world.fake.messages(ROOM)[-1].event_id
     assert world.metrics.messages_in == 1
     assert world.metrics.messages_out == 1
 
@@ -143,6 +151,19 @@ async def test_streaming_edits_are_bounded_then_one_final_edit(
         "<p>re: tell me a <strong>long</strong> story</p>"
     )
     assert final["m.relates_to"]["rel_type"] == "m.replace"
+    assert world.fake.typing == [], "an answer within a second needs no typing notice"
+
+
+async def test_a_slow_answer_shows_typing_until_it_is_done(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = await prepare(world, monkeypatch)
+    monkeypatch.setattr(typing, "TYPING_DELAY", 0.05)
+    backend.gap = 0.2
+
+    await world.say(ROOM, "think hard")
+    await world.settle()
+
     assert world.fake.typing[0][1] > 0 and world.fake.typing[-1] == (ROOM, 0)
 
 
@@ -272,9 +293,12 @@ async def test_messages_per_minute_quota(world: World, monkeypatch: pytest.Monke
     await world.settle()
 
     assert backend.texts == ["m0", "m1"]
-    notices = [c for c in contents(world) if c["msgtype"] == "m.notice"]
-    assert len(notices) == 1, "one notice, not one per message"
-    assert "more than 2 messages in the last minute" in notices[0]["body"]
+    notice, edit = [c for c in contents(world) if c["msgtype"] == "m.notice"]
+    assert "more than 2 messages in a minute, so this message" in notice["body"]
+    # One notice for the room, edited to count every refused message and to name them.
+    assert edit["m.relates_to"]["rel_type"] == "m.replace"
+    assert "so these 2 messages did not go" in edit["m.new_content"]["body"]
+    assert len(edit["m.new_content"][COVERS_KEY]) == 2
 
 
 async def test_daily_token_quota(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -289,7 +313,7 @@ async def test_daily_token_quota(world: World, monkeypatch: pytest.MonkeyPatch) 
     assert "today's allowance of 5 tokens" in contents(world)[-1]["body"]
 
 
-async def test_stop_unclaims_what_was_not_answered(
+async def test_stop_leaves_what_was_not_answered_to_the_next_start(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     backend = await prepare(world, monkeypatch)
@@ -298,8 +322,16 @@ async def test_stop_unclaims_what_was_not_answered(
     await asyncio.sleep(0.05)
 
     await world.parts.intake.stop()
+    late = await world.say(ROOM, "arrives while stopping")
 
-    for evt in events:
-        assert not await world.store.events.is_processed(evt.event_id)
-    assert await world.parts.intake.submit(events[0]) is False, "nothing is claimed after stop"
-    assert not await world.store.events.is_processed(events[0].event_id)
+    for evt in [*events, late]:
+        row = await world.store.messages.get(evt.event_id)
+        assert row is not None and row.state != "answered"
+    # The next start answers them all, once and in order.
+    backend.gap = 0
+    again = make_world(world.store, overrides=CONFIG, fake=world.fake)
+    await again.parts.startup.catch_up.run()
+    await again.settle()
+    await again.close()
+    assert backend.texts[-4:] == ["m0", "m1", "m2", "arrives while stopping"]
+    assert all(len(world.fake.final_texts(ROOM)) == 4 for _ in events)

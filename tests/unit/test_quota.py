@@ -1,4 +1,5 @@
-"""Per-user limits: messages per minute, estimated tokens per day, and one notice per interval."""
+"""Per-user limits: messages per minute (at each message's send time), estimated tokens per day,
+and one notice per room and burst that counts what it refused."""
 
 from __future__ import annotations
 
@@ -7,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from plugin.conversation import quota
-from plugin.conversation.quota import NOTICE_INTERVAL, WINDOW, Quota
+from plugin.conversation import quota, refusals
+from plugin.conversation.quota import WINDOW, Quota
 from plugin.db import Store
-from plugin.ops import throttle
+from plugin.matrix.replies import COVERS_KEY
 from tests.config import settings
 from tests.fakes.matrix import ALICE
 from tests.fakes.world import World, script_agent
@@ -25,7 +26,7 @@ def quota_of(store: Store, **limits: int) -> Quota:
 
 
 class Clock:
-    """The monotonic clock of the quota and its notices, moved by hand; the date is real."""
+    """The monotonic clock of the refusal notices, moved by hand; the date is real."""
 
     def __init__(self) -> None:
         self.now = 1000.0
@@ -39,8 +40,7 @@ class Clock:
 
 def stop_the_clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     clock = Clock()
-    monkeypatch.setattr(quota, "time", clock)
-    monkeypatch.setattr(throttle, "time", clock)
+    monkeypatch.setattr(refusals, "time", clock)
     return clock
 
 
@@ -55,9 +55,19 @@ async def test_messages_per_minute_is_a_sliding_window_per_user(store: Store) ->
     assert limits.admit_message(ALICE, WINDOW + 10)
 
 
+async def test_a_backlog_counts_at_the_time_it_was_sent(store: Store) -> None:
+    limits = quota_of(store, messages_per_minute=2)
+
+    # Sent while the bot was down, a minute apart each, and counted after the start: all fit.
+    assert all(limits.admit_message(ALICE, t) for t in (0, 60, 120, 180))
+    # Counted out of order (a live message first, the backlog after): each at its own time.
+    assert limits.admit_message(BOB, 500) and limits.admit_message(BOB, 100)
+    assert limits.admit_message(BOB, 130) and not limits.admit_message(BOB, 140)
+
+
 async def test_zero_turns_the_limits_off(store: Store) -> None:
     limits = quota_of(store, messages_per_minute=0, daily_tokens=0)
-    await limits.record(ALICE, 10**9)
+    await store.usage.add(ALICE, quota.today(), 1, 10**9)
 
     assert all(limits.admit_message(ALICE, 0) for _ in range(100))
     assert not await limits.tokens_exhausted(ALICE)
@@ -69,9 +79,9 @@ async def test_daily_tokens_add_up_per_user_and_day(
     limits = quota_of(store, daily_tokens=100)
 
     assert not await limits.tokens_exhausted(ALICE)
-    await limits.record(ALICE, 60)
+    await store.usage.add(ALICE, quota.today(), 1, 60)
     assert not await limits.tokens_exhausted(ALICE)
-    await limits.record(ALICE, 40)
+    await store.usage.add(ALICE, quota.today(), 1, 40)
     assert await limits.tokens_exhausted(ALICE)
     assert not await limits.tokens_exhausted(BOB)
     usage = await store.usage.get(ALICE, quota.today())
@@ -81,20 +91,19 @@ async def test_daily_tokens_add_up_per_user_and_day(
     assert not await limits.tokens_exhausted(ALICE), "a new day starts from zero"
 
 
-async def test_one_notice_per_user_kind_and_interval(store: Store) -> None:
-    limits = quota_of(store)
-
-    assert limits.should_notify(ALICE, "minute", 0)
-    assert not limits.should_notify(ALICE, "minute", NOTICE_INTERVAL - 1)
-    assert limits.should_notify(ALICE, "day", 1)
-    assert limits.should_notify(BOB, "minute", 1)
-    assert limits.should_notify(ALICE, "minute", NOTICE_INTERVAL)
-
-
 def notices(world: World) -> list[str]:
-    return [
-        s.content["body"] for s in world.fake.messages(ROOM) if s.content["msgtype"] == "m.notice"
-    ]
+    """The bot's notices in the room, each with its edits applied."""
+    texts: dict[str, str] = {}
+    for sent in world.fake.messages(ROOM):
+        content = sent.content
+        if content["msgtype"] != "m.notice":
+            continue
+        relation = content.get("m.relates_to") or {}
+        if relation.get("rel_type") == "m.replace":
+            texts[relation["event_id"]] = content["m.new_content"]["body"]
+        else:
+            texts[sent.event_id] = content["body"]
+    return list(texts.values())
 
 
 async def test_over_the_minute_limit_the_owner_is_told_once_per_interval(
@@ -105,17 +114,22 @@ async def test_over_the_minute_limit_the_owner_is_told_once_per_interval(
     world.configure({"limits.messages_per_minute": 1})
     await world.add_room(ROOM)
 
+    refused = []
     for n in range(3):
-        await world.say(ROOM, f"first minute {n}")
+        evt = await world.say(ROOM, f"first minute {n}")
+        refused.append(evt.event_id)
     await world.settle()
     clock.now += WINDOW
     for n in range(2):
-        await world.say(ROOM, f"second minute {n}")
+        await world.say(ROOM, f"second minute {n}", age=-WINDOW)
     await world.settle()
 
     assert backend.texts == ["first minute 0", "second minute 0"]
-    assert len(notices(world)) == 2, "one notice in each interval, not one per message"
-    assert all("more than 1 messages in the last minute" in text for text in notices(world))
+    first, second = notices(world)
+    assert "more than 1 messages in a minute, so these 2 messages did not go" in first
+    assert "so this message did not go" in second, "a new notice in each minute"
+    edits = [s.content for s in world.fake.messages(ROOM) if "m.new_content" in s.content]
+    assert edits[-1]["m.new_content"][COVERS_KEY] == refused[1:]
     # Refused messages stay out of the context: sending them again is how to get an answer.
     turns = await world.store.turns.of_room(ROOM)
     assert [t.content for t in turns if t.role == "user"] == ["first minute 0", "second minute 0"]
@@ -134,7 +148,8 @@ async def test_over_the_daily_tokens_messages_are_kept_for_a_retry_tomorrow(
     await world.settle()
 
     (notice,) = notices(world)
-    assert "today's allowance of 5 tokens" in notice and "`!ai retry` tomorrow" in notice
+    assert "today's allowance of 5 tokens, so these 2 messages" in notice
+    assert "`!ai retry` tomorrow" in notice
     assert backend.texts == ["a message of a few tokens"]
 
     monkeypatch.setattr(quota, "today", lambda: "2999-01-01")

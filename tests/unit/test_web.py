@@ -65,6 +65,7 @@ async def pages(
         lambda: SETTINGS,
         lambda: queue_depth,
         lambda: report,
+        lambda: "valid",
     )
 
 
