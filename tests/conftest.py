@@ -123,3 +123,55 @@ async def bot(
     deployment = await deploy(maubot_server, synapse, mbp, prober)
     yield deployment
     await maubot_server.retire(deployment.bot_id, deployment.instance_id)
+
+
+# ---- Encrypted rooms: a maubot with crypto, crypto-capable users, a bot on that maubot. ----
+# One block on purpose: everything the encrypted-room tests add to this file, kept together.
+# `maubot_server` above stays the maubot without crypto that every other test runs against.
+
+import contextlib  # noqa: E402
+
+from tests.harness.crypto_user import CryptoMatrixUser  # noqa: E402
+from tests.harness.deploy import deployed  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def crypto_maubot_server(
+    request: pytest.FixtureRequest,
+    db_kind: str,
+    synapse: Synapse,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[MaubotServer]:
+    """A second maubot per plugin-database kind, with the encryption packages importable."""
+    pg = request.getfixturevalue("postgres_url") if db_kind == "postgres" else None
+    root = tmp_path_factory.mktemp(f"maubot-crypto-{db_kind}")
+    with MaubotServer(root, synapse.url, pg, crypto=True).running() as server:
+        yield server
+
+
+@pytest.fixture
+async def make_crypto_user(
+    synapse: Synapse,
+) -> AsyncIterator[Callable[[str], Awaitable[CryptoMatrixUser]]]:
+    """Like `make_user`, with a device whose keys are uploaded before the user is handed out."""
+    async with contextlib.AsyncExitStack() as closing:
+
+        async def make(name: str = "user") -> CryptoMatrixUser:
+            localpart = f"{name}{next(_users)}_{uuid.uuid4().hex[:6]}"
+            user = await CryptoMatrixUser.register(synapse, localpart)
+            closing.push_async_callback(user.close)
+            return user
+
+        yield make
+
+
+@pytest.fixture
+async def crypto_bot(
+    crypto_maubot_server: MaubotServer, synapse: Synapse, mbp: Path, make_user: Callable
+) -> AsyncIterator[Deployment]:
+    """`bot` on the maubot with crypto: its client has a device and an OlmMachine."""
+    async with deployed(crypto_maubot_server, synapse, mbp, await make_user("prober")) as bot:
+        yield bot
+
+
+# ---- End of the encrypted-rooms block. ----

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import io
 import itertools
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -113,4 +115,22 @@ async def deploy(
     )
     await deployment.update_config(config)
     await deployment.wait_live()
+    # Both kinds of server take the same path here; only maubot's log tells them apart.
+    server.check_crypto_mode(account["user_id"])
     return deployment
+
+
+@asynccontextmanager
+async def deployed(
+    server: MaubotServer,
+    synapse: Synapse,
+    mbp: Path,
+    prober: MatrixUser,
+    config: dict[str, Any] | None = None,
+) -> AsyncIterator[Deployment]:
+    """`deploy`, and the instance and its client retired afterwards so they never run again."""
+    deployment = await deploy(server, synapse, mbp, prober, config)
+    try:
+        yield deployment
+    finally:
+        await server.retire(deployment.bot_id, deployment.instance_id)
