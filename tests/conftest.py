@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
@@ -26,6 +27,7 @@ from tests.config import ROOT
 from tests.fakes.matrix import FakeMatrix
 from tests.fakes.servers import FakeAgentPlatform, FakeOpenAI
 from tests.fakes.world import World, make_world
+from tests.harness.crypto_user import CryptoMatrixUser
 from tests.harness.deploy import Deployment, deployed
 from tests.harness.matrix_user import MatrixUser, Users
 from tests.harness.maubot_server import MaubotServer
@@ -246,4 +248,47 @@ async def old_bot(
 ) -> AsyncIterator[Deployment]:
     """Like `bot`, on the older homeserver."""
     async with deployed(old_maubot_server, old_synapse, mbp, old_make_user) as deployment:
+        yield deployment
+
+
+# Encrypted rooms: a maubot with crypto, crypto-capable users, a bot on that maubot.
+# `maubot_server` above stays the maubot without crypto that every other test runs against.
+
+
+@pytest.fixture(scope="session")
+def crypto_maubot_server(
+    request: pytest.FixtureRequest,
+    db_kind: str,
+    synapse: Synapse,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[MaubotServer]:
+    """A second maubot per plugin-database kind, with the encryption packages importable."""
+    pg = request.getfixturevalue("postgres_url") if db_kind == "postgres" else None
+    root = tmp_path_factory.mktemp(f"maubot-crypto-{db_kind}")
+    with MaubotServer(root, synapse.url, pg, crypto=True).running() as server:
+        yield server
+
+
+@pytest.fixture
+async def make_crypto_user(
+    synapse: Synapse,
+) -> AsyncIterator[Callable[[str], Awaitable[CryptoMatrixUser]]]:
+    """Like `make_user`, with a device whose keys are uploaded before the user is handed out."""
+    async with contextlib.AsyncExitStack() as closing:
+
+        async def make(name: str = "user") -> CryptoMatrixUser:
+            localpart = f"{name}_{uuid.uuid4().hex[:10]}"
+            user = await CryptoMatrixUser.register(synapse, localpart)
+            closing.push_async_callback(user.close)
+            return user
+
+        yield make
+
+
+@pytest.fixture
+async def crypto_bot(
+    crypto_maubot_server: MaubotServer, synapse: Synapse, mbp: Path, make_user: Callable
+) -> AsyncIterator[Deployment]:
+    """`bot` on the maubot with crypto: its client has a device and an OlmMachine."""
+    async with deployed(crypto_maubot_server, synapse, mbp, make_user) as deployment:
         yield deployment

@@ -100,6 +100,8 @@ async def deploy(
     )
     await deployment.update_config(config)
     await deployment.wait_live()
+    # Both kinds of server take the same path here; only maubot's log tells them apart.
+    server.check_crypto_mode(account["user_id"])
     return deployment
 
 

@@ -46,6 +46,13 @@ async def onboard(user: MatrixUser, bot: Deployment, timeout: float = 30) -> Onb
     links = room_links(reply)
     assert links, f"`!ai start` gave no Space link: {reply.body!r}"
     space_id = links[0]
+    return Onboarded(space_id, await join_space(user, bot, space_id, timeout), control)
+
+
+async def join_space(
+    user: MatrixUser, bot: Deployment, space_id: str, timeout: float = 30
+) -> dict[str, str]:
+    """Joins the Space and every working room the bot linked in it: agent_id -> room_id."""
     await user.join(space_id)
     rooms: dict[str, str] = {}
     for room_id in await space_children(user, space_id):
@@ -59,7 +66,7 @@ async def onboard(user: MatrixUser, bot: Deployment, timeout: float = 30) -> Onb
             for room_id in [space_id, *rooms.values()]
         )
     )
-    return Onboarded(space_id, rooms, control)
+    return rooms
 
 
 async def agent_room(

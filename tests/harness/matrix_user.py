@@ -139,6 +139,10 @@ class MatrixUser:
             "GET", f"/rooms/{quote(room_id)}/state/{type}/{quote(state_key, safe='')}"
         )
 
+    async def get_event(self, room_id: str, event_id: str) -> dict[str, Any]:
+        """One event as the homeserver stores it: an encrypted one keeps m.room.encrypted."""
+        return await self.request("GET", f"/rooms/{quote(room_id)}/event/{quote(event_id)}")
+
     async def full_state(self, room_id: str) -> list[dict[str, Any]]:
         return await self.request("GET", f"/rooms/{quote(room_id)}/state")
 
@@ -183,9 +187,13 @@ class MatrixUser:
                 await asyncio.sleep(0.2)
                 continue
             self._since = data["next_batch"]
+            await self._on_sync(data)
             self._apply(data)
             self.synced_once.set()
             self._changed.set()
+
+    async def _on_sync(self, data: dict[str, Any]) -> None:
+        """Sees each /sync response before it is recorded; a crypto-capable user decrypts here."""
 
     def _apply(self, data: dict[str, Any]) -> None:
         rooms = data.get("rooms", {})

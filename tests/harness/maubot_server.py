@@ -2,16 +2,24 @@
 
 The API calls are the ones the admin UI makes: log in, upload the .mbp, create the client,
 create the instance, update its config.
+
+Two kinds, chosen by `crypto`: with it, maubot has its encryption packages (the dev venv installs
+them) and every client with a device gets an OlmMachine. Without it (the default, what a plain
+`pip install maubot` gives), a shim directory first on PYTHONPATH hides python-olm, so maubot and
+mautrix take their own "encryption dependencies not installed" path.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +28,19 @@ import aiohttp
 from .procs import free_port, port_is_free, stop_pid, tail, wait_until
 
 API = "/_matrix/maubot/v1"
+# First on the no-crypto maubot's PYTHONPATH: its `olm` package raises ImportError.
+NOCRYPTO_SHIM = Path(__file__).resolve().parent / "nocrypto"
+# What maubot 0.6 logs for a client with a device (maubot/client.py), per mode.
+CRYPTO_ENABLED = "Enabling end-to-end encryption support"
+CRYPTO_MISSING = "Client has device ID, but encryption dependencies not installed"
 
 
 class MaubotServer:
-    def __init__(self, root: Path, homeserver_url: str, postgres_url: str | None) -> None:
+    def __init__(
+        self, root: Path, homeserver_url: str, postgres_url: str | None, crypto: bool = False
+    ) -> None:
         self.root = root
+        self.crypto = crypto
         self.homeserver_url = homeserver_url
         self.postgres_url = postgres_url
         self.port = free_port()
@@ -115,6 +131,7 @@ class MaubotServer:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "maubot", "-n", "-c", str(config_path)],
             cwd=self.root,
+            env=self._env(),
             stdout=open(self.root / "stdout.log", "ab"),
             stderr=subprocess.STDOUT,
         )
@@ -124,6 +141,30 @@ class MaubotServer:
             raise RuntimeError(
                 f"{e}\n{tail(self.log_path)}\n{tail(self.root / 'stdout.log')}"
             ) from e
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        if not self.crypto:
+            env["PYTHONPATH"] = os.pathsep.join(
+                p for p in (str(NOCRYPTO_SHIM), env.get("PYTHONPATH")) if p
+            )
+        return env
+
+    def check_crypto_mode(self, user_id: str) -> None:
+        """Raises unless maubot's log shows that the client `user_id` got this server's mode.
+
+        The log is the only outside view of whether maubot gave the client an OlmMachine.
+        """
+        expected, other = (CRYPTO_ENABLED, CRYPTO_MISSING)
+        if not self.crypto:
+            expected, other = other, expected
+        lines = [line for line in self.log_text().splitlines() if f"client.{user_id}]" in line]
+        if not any(expected in line for line in lines) or any(other in line for line in lines):
+            mode = "with" if self.crypto else "without"
+            raise RuntimeError(
+                f"maubot {mode} crypto: its log does not say {expected!r} for {user_id}:\n"
+                + "\n".join(lines[-20:])
+            )
 
     def _ready(self) -> bool:
         req = urllib.request.Request(f"{self.url}{API}/auth/ping", method="POST")
@@ -136,6 +177,14 @@ class MaubotServer:
     def stop(self) -> None:
         stop_pid(self.proc)
         self.proc = None
+
+    @contextmanager
+    def running(self) -> Iterator[MaubotServer]:
+        self.start()
+        try:
+            yield self
+        finally:
+            self.stop()
 
     def restart(self) -> None:
         """Stops maubot by PID and starts it again with the same config and data.
