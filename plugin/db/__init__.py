@@ -39,5 +39,23 @@ class Store:
             # Already inside a transaction: its connection carries on.
             yield self
             return
-        async with self.db.acquire() as conn, conn.transaction():
-            yield Store(conn)
+        interrupted: BaseException | None = None
+        async with self.db.acquire() as conn:
+            try:
+                async with conn.transaction():
+                    try:
+                        yield Store(conn)
+                    except (Exception, GeneratorExit):
+                        raise
+                    except BaseException as e:
+                        # mautrix rolls back on an Exception only: a cancellation (a stop, a
+                        # timeout) would leave SQLite's one connection inside the transaction.
+                        interrupted = e
+                        raise _RollBack() from e
+            except _RollBack:
+                assert interrupted is not None
+                raise interrupted from None
+
+
+class _RollBack(Exception):
+    """Carries a cancellation out of a transaction as an error, so that it rolls back."""

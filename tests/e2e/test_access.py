@@ -1,5 +1,6 @@
 """Access control: non-allowed users get nothing, other members of a working room are ignored,
-invites onboard allowed users, and encrypted rooms get one plain notice."""
+invites onboard allowed users, encrypted rooms get one plain notice, and revoking access stops
+a user's rooms at once."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ import asyncio
 
 import pytest
 
+from tests.fakes.servers import FakeOpenAI
 from tests.harness.deploy import Deployment
-from tests.harness.flows import db_rows, onboard, room_links
+from tests.harness.flows import agent_room, db_rows, onboard, room_links
 from tests.harness.matrix_user import MatrixUser
 
 REFUSAL = "Sorry, you are not allowed to use this bot."
@@ -136,3 +138,30 @@ async def test_direct_chat_onboarding_can_be_turned_off(
     await ivan.ask(dm, "!ai agents", bot.bot_id)
     assert len(_bot_messages(ivan, dm, bot)) == 1
     assert await db_rows(bot, db_kind, request, "agent_user") == []
+
+
+async def test_revoked_access_stops_the_agent_at_once_and_returns_with_it(
+    bot: Deployment, make_user, openai_server: FakeOpenAI
+) -> None:
+    alice = await make_user("alice")
+    agent = openai_server.agent(stream=False)
+    config = {"agents": [agent], "default_agent": agent["id"]}
+    room = await agent_room(alice, bot, agent, {"access.allowed": [alice.user_id]})
+    assert (await alice.ask(room, "before", bot.bot_id)).body == "reply to: before"
+
+    # The operator removes alice through the admin UI (the management API).
+    await bot.update_config({**config, "access.allowed": []})
+    told = await alice.ask(room, "while revoked", bot.bot_id)
+    silent = await alice.send_text(room, "while still revoked")
+    refused = await alice.ask(room, "!ai rooms", bot.bot_id)
+    await asyncio.sleep(1)
+
+    assert "access to the agents was withdrawn" in told.body
+    assert alice.replies_to(room, silent, bot.bot_id) == [], "told once, not per message"
+    assert refused.body == REFUSAL
+    assert len(openai_server.requests) == 1, "nothing reached the agent"
+
+    await bot.update_config({**config, "access.allowed": [alice.user_id]})
+    assert (await alice.ask(room, "back again", bot.bot_id)).body == "reply to: back again"
+    await bot.restart()
+    assert alice.replies_to(room, silent, bot.bot_id) == [], "nor answered after a restart"

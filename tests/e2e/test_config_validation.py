@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from ruamel.yaml import YAML
 
+from tests.config import config_yaml
 from tests.harness.deploy import Deployment, deploy
 from tests.harness.matrix_user import MatrixUser
 from tests.harness.maubot_server import MaubotServer
@@ -188,5 +189,27 @@ async def test_a_valid_change_applies_and_keeps_the_web_token(setup: Setup) -> N
     stored = await setup.stored_config()
     assert stored["command_prefix"] == "fresh"
     assert stored["web"]["token"] == token, "emptying web.token keeps the token in use"
+    await setup.bot.update_config({"command_prefix": "valid"})
+    assert await setup.help_answers("valid")
+
+
+async def test_an_invalid_config_saved_while_disabled_runs_on_the_last_valid_one(
+    setup: Setup,
+) -> None:
+    server, instance = setup.bot.server, setup.bot.instance_id
+    offset = len(server.log_text())
+    # maubot validates nothing of a config saved while the instance is disabled.
+    await server.put_instance(instance, enabled=False)
+    broken = {"command_prefix": "changed", "default_agent": "ghost", "access.allowed": ["@*:*"]}
+    await server.put_instance(instance, config=config_yaml(broken))
+    await server.put_instance(instance, enabled=True)
+    await setup.bot.wait_started()
+
+    assert await setup.help_answers("valid"), "it runs on the last valid config"
+    log = setup.log_since(offset)
+    assert "Invalid config at start; running on the last valid config instead" in log, log
+    assert "default_agent" in log
+    stored = await setup.stored_config()
+    assert stored["command_prefix"] == "changed", "the operator's text stays, to be fixed"
     await setup.bot.update_config({"command_prefix": "valid"})
     assert await setup.help_answers("valid")

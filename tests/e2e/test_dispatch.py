@@ -66,8 +66,8 @@ async def test_five_quick_messages_are_answered_in_order(
     assert [bot_messages.index(r.event_id) for r in replies] == sorted(
         bot_messages.index(r.event_id) for r in replies
     )
-    marks = {row["event_id"] for row in await db_rows(bot, db_kind, request, "processed_event")}
-    assert set(event_ids) <= marks, "every handled event is marked as processed"
+    states = {r["event_id"]: r["state"] for r in await db_rows(bot, db_kind, request, "message")}
+    assert all(states.get(e) == "answered" for e in event_ids), "every answer is recorded"
 
 
 async def test_two_rooms_progress_in_parallel(
@@ -169,3 +169,44 @@ async def test_only_the_owners_text_messages_reach_the_agent(
         "a tpyo",
         "the last one",
     ]
+
+
+async def test_a_command_in_any_case_runs_once_and_never_reaches_the_agent(
+    bot: Deployment, make_user, openai_server: FakeOpenAI
+) -> None:
+    alice = await make_user("alice")
+    room = await agent_room(alice, bot, openai_server.agent())
+
+    command = await alice.send_text(room, "!AI help")
+    reply = await alice.wait_for_reply(room, command, bot.bot_id)
+    answer = await alice.ask(room, "and a question", bot.bot_id)
+
+    assert "Agent Spaces commands" in reply.body
+    assert answer.body == "reply to: and a question"
+    assert len(alice.replies_to(room, command, bot.bot_id)) == 1, "maubot ran it once"
+    assert [r.body["messages"][-1]["content"] for r in openai_server.requests] == [
+        "and a question"
+    ], "a command never reaches the agent"
+
+
+async def test_agent_markdown_shows_images_as_links_and_drops_unsafe_links(
+    bot: Deployment, make_user, openai_server: FakeOpenAI
+) -> None:
+    alice = await make_user("alice")
+    room = await agent_room(alice, bot, openai_server.agent(stream=False))
+    injected = (
+        "**Hi** ![logo](https://evil.example/track.png) ![m](mxc://evil.example/abc) "
+        "[click me](javascript:alert(1)) [docs](https://example.org/docs) <img src=x>"
+    )
+    openai_server.script(Behavior(reply=injected))
+
+    html = (await alice.ask(room, "hello", bot.bot_id)).content["formatted_body"]
+    await alice.ask(room, f"!ai remember {injected}", bot.bot_id)
+    echoed = (await alice.ask(room, "!ai memory", bot.bot_id)).content["formatted_body"]
+
+    for shown in (html, echoed):
+        assert "<strong>Hi</strong>" in shown, "markdown is kept"
+        assert "<img" not in shown and "javascript:" not in shown and "mxc://" not in shown
+        assert '<a href="https://evil.example/track.png">logo</a>' in shown
+        assert '<a href="https://example.org/docs">docs</a>' in shown
+        assert "click me" in shown and "&lt;img src=x&gt;" in shown

@@ -39,7 +39,7 @@ async def test_rate_limited_replies_are_sent_again(bot: Deployment, make_user: A
     waits = [
         int(ms)
         for ms in re.findall(
-            r"Rate limited sending to \S+; retrying in (\d+) ms", bot.server.log_text()
+            r"Sending to \S+: rate limited; retrying in (\d+) ms", bot.server.log_text()
         )
     ]
     assert waits, "the homeserver never rate-limited the bot"

@@ -59,15 +59,6 @@ def bot_client(bot: Deployment) -> MatrixUser:
     return MatrixUser(bot.synapse.url, bot.bot_id, bot.bot_token)
 
 
-async def stop(bot: Deployment) -> None:
-    await asyncio.to_thread(bot.server.stop)
-
-
-async def start(bot: Deployment) -> None:
-    await asyncio.to_thread(bot.server.start)
-    await bot.wait_live()
-
-
 async def delete_plugin_database(
     bot: Deployment, db_kind: str, request: pytest.FixtureRequest
 ) -> None:
@@ -117,9 +108,9 @@ async def test_deleted_database_is_rebuilt_identically_from_matrix(
     before = await topology(bot, db_kind, request)
     assert len(before["rooms"]) == 2 and all(r[4] for r in before["rooms"])
 
-    await stop(bot)
+    await bot.stop()
     await delete_plugin_database(bot, db_kind, request)
-    await start(bot)
+    await bot.start()
 
     assert await topology(bot, db_kind, request) == before
     reply = await alice.ask(room, "three", bot.bot_id)
@@ -132,9 +123,9 @@ async def test_messages_sent_while_down_are_answered_once_in_order(
 ) -> None:
     alice, home = await setup(bot, make_user)
     room = home.rooms["echo"]
-    await stop(bot)
+    await bot.stop()
     sent = [await alice.send_text(room, f"offline {i}") for i in range(3)]
-    await start(bot)
+    await bot.start()
 
     replies = [await alice.wait_for_reply(room, ev, bot.bot_id, timeout=30) for ev in sent]
     assert [r.body.split("\n")[0] for r in replies] == ["offline 0", "offline 1", "offline 2"]
@@ -153,9 +144,9 @@ async def test_messages_sent_while_down_are_answered_once_in_order(
 async def test_catch_up_limits_send_one_notice(bot: Deployment, make_user: Any) -> None:
     alice, home = await setup(bot, make_user, {**TWO_ROOMS, "catch_up.max_per_room": 2})
     room = home.rooms["echo"]
-    await stop(bot)
+    await bot.stop()
     sent = [await alice.send_text(room, f"queued {i}") for i in range(4)]
-    await start(bot)
+    await bot.start()
 
     for ev in sent[2:]:
         await alice.wait_for_reply(room, ev, bot.bot_id, timeout=30)
@@ -177,7 +168,7 @@ async def test_message_sent_during_startup_is_answered_once(
 ) -> None:
     alice, home = await setup(bot, make_user)
     room = home.rooms["echo"]
-    await stop(bot)
+    await bot.stop()
     starting = asyncio.create_task(asyncio.to_thread(bot.server.start))
     await asyncio.sleep(0.3)
     event_id = await alice.send_text(room, "during startup")
@@ -204,7 +195,7 @@ async def test_reconciliation_repairs_drift_and_ignores_forgeries(
     space = home.space_id
     no_child, no_parent, unlinked, left, moved = (home.rooms[f"a{i}"] for i in range(5))
     as_bot = bot_client(bot)
-    await stop(bot)
+    await bot.stop()
     try:
         await as_bot.send_state(space, "m.space.child", {}, state_key=no_child)
         await as_bot.send_state(no_parent, "m.space.parent", {}, state_key=space)
@@ -220,7 +211,7 @@ async def test_reconciliation_repairs_drift_and_ignores_forgeries(
         await alice.send_state(forged, "m.space.parent", {"via": ["localhost"]}, state_key=space)
     finally:
         await as_bot.http.close()
-    await start(bot)
+    await bot.start()
 
     async def child(room_id: str) -> dict:
         return await alice.get_state(space, "m.space.child", room_id)
@@ -267,7 +258,7 @@ async def test_legacy_rows_without_chat_id_are_backfilled_at_start(
     kept, older = home.rooms["echo"], home.rooms["parrot"]
     kept_chat = (await bot_account_data(bot, kept, BINDING_TYPE))["chat_id"]
     as_bot = bot_client(bot)
-    await stop(bot)
+    await bot.stop()
     try:
         binding = await bot_account_data(bot, older, BINDING_TYPE)
         binding.pop("chat_id")
@@ -276,7 +267,7 @@ async def test_legacy_rows_without_chat_id_are_backfilled_at_start(
     finally:
         await as_bot.http.close()
     await downgrade_to_v1(bot, db_kind, request)
-    await start(bot)
+    await bot.start()
 
     rows = {r["room_id"]: r for r in await db_rows(bot, db_kind, request, "room")}
     assert rows[kept]["chat_id"] == kept_chat
@@ -291,7 +282,18 @@ async def test_legacy_rows_without_chat_id_are_backfilled_at_start(
 
 
 async def downgrade_to_v1(bot: Deployment, db_kind: str, request: pytest.FixtureRequest) -> None:
-    statements = ["ALTER TABLE room DROP COLUMN chat_id", "UPDATE version SET version=1"]
+    # Back to the version 1 schema: without chat ids, and without what versions 2 and 3 added.
+    statements = [
+        "ALTER TABLE room DROP COLUMN chat_id",
+        "ALTER TABLE room DROP COLUMN updated_at",
+        "ALTER TABLE agent_user DROP COLUMN updated_at",
+        "ALTER TABLE agent_user DROP COLUMN access_notice",
+        "DROP TABLE message",
+        "DROP TABLE plugin_state",
+        "CREATE TABLE processed_event (event_id TEXT PRIMARY KEY, room_id TEXT NOT NULL, "
+        "processed_at BIGINT NOT NULL)",
+        "UPDATE version SET version=1",
+    ]
     if db_kind == "postgres":
         import psycopg2
 
@@ -326,7 +328,7 @@ async def test_invites_that_arrived_while_down_are_answered_once(
     await bot.update_config({"access.allowed": ["@alice*:{server}", "@prober*:{server}"]})
     alice = await make_user("alice")
     mallory = await make_user("mallory")
-    await stop(bot)
+    await bot.stop()
     dm = await alice.create_room(invite=[bot.bot_id], is_direct=True)
     other = await mallory.create_room(invite=[bot.bot_id])
     if autojoined:
@@ -337,7 +339,7 @@ async def test_invites_that_arrived_while_down_are_answered_once(
                 await as_bot.join(room_id)
         finally:
             await as_bot.http.close()
-    await start(bot)
+    await bot.start()
 
     await alice.wait_for_membership(dm, bot.bot_id, "join", timeout=30)
     assert await alice.wait_for_invite(is_space_invite, timeout=30)
@@ -360,12 +362,12 @@ async def test_lost_space_keeps_its_rooms_for_the_next_onboarding(
 ) -> None:
     alice, home = await setup(bot, make_user)
     as_bot = bot_client(bot)
-    await stop(bot)
+    await bot.stop()
     try:
         await as_bot.leave(home.space_id)
     finally:
         await as_bot.http.close()
-    await start(bot)
+    await bot.start()
 
     users = await db_rows(bot, db_kind, request, "agent_user")
     assert [(u["user_id"], u["space_id"]) for u in users] == [(alice.user_id, None)]
@@ -377,3 +379,39 @@ async def test_lost_space_keeps_its_rooms_for_the_next_onboarding(
     again = await onboard(alice, bot)
     assert again.space_id != home.space_id
     assert again.rooms == home.rooms
+
+
+async def test_a_backlog_counts_against_the_quota_at_its_send_times(
+    bot: Deployment, make_user: Any
+) -> None:
+    alice, home = await setup(bot, make_user, {**TWO_ROOMS, "limits.messages_per_minute": 2})
+    room = home.rooms["echo"]
+    await bot.stop()
+    sent = [await alice.send_text(room, f"backlog {i}") for i in range(5)]
+    await bot.start()
+
+    replies = [await alice.wait_for_reply(room, ev, bot.bot_id, timeout=30) for ev in sent[:2]]
+    assert [r.body.split("\n")[0] for r in replies] == ["backlog 0", "backlog 1"]
+
+    def notice() -> dict | None:
+        for ev in alice.events(room, "m.room.message", bot.bot_id):
+            if "While I was offline" in ev["content"].get("body", ""):
+                return ev
+        return None
+
+    told = await alice.wait_for(notice, 30, "the catch-up's notice")
+    assert (
+        "3 message(s) here were not answered (3 over the limit of 2 messages a minute)"
+        in (told["content"]["body"])
+    )
+    assert told["content"]["org.agentspaces.covers"] == sent[2:]
+    await bot.restart()
+    await alice.ask(room, "later", bot.bot_id)
+    notices = [
+        e
+        for e in alice.events(room, "m.room.message", bot.bot_id)
+        if "While I was offline" in e["content"].get("body", "")
+    ]
+    assert len(notices) == 1, "told once, also after another restart"
+    for ev in sent[2:]:
+        assert alice.replies_to(room, ev, bot.bot_id) == []

@@ -136,6 +136,7 @@ async def test_room_commands_and_their_bad_input(
 
 
 async def test_a_user_with_100_rooms(bot: Deployment, make_user) -> None:
+    await bot.update_config({"limits.rooms_per_user": 150})
     erin = await make_user("erin")
     onboarded = await onboard(erin, bot)
     control = onboarded.control_room

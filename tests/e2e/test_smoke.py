@@ -8,7 +8,15 @@ from sqlalchemy import create_engine, inspect
 
 from tests.harness.deploy import Deployment
 
-EXPECTED_TABLES = {"agent_user", "room", "context_turn", "memory_entry", "processed_event", "usage"}
+EXPECTED_TABLES = {
+    "agent_user",
+    "room",
+    "context_turn",
+    "memory_entry",
+    "message",
+    "usage",
+    "plugin_state",
+}
 
 
 async def test_help_answers(bot: Deployment, make_user, db_kind: str) -> None:

@@ -42,6 +42,8 @@ class ScriptedAgent:
         self.fail: Callable[[int], Exception | None] = lambda n: None
         # Raise the error after this many chunks, mid-stream, rather than at once.
         self.fail_after_chunks: int | None = None
+        # Appended to every answer: a long one makes a reply of several parts.
+        self.extra = ""
 
     async def reply(self, request: AgentRequest) -> AsyncIterator[str]:
         self.calls.append(request)
@@ -51,7 +53,7 @@ class ScriptedAgent:
             error = self.fail(len(self.calls))
             if error is not None and self.fail_after_chunks is None:
                 raise error
-            text = f"re: {request.text}"
+            text = f"re: {request.text}{self.extra}"
             size = -(-len(text) // self.chunks)
             for n, start in enumerate(range(0, len(text), size)):
                 if error is not None and n == self.fail_after_chunks:

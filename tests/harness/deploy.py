@@ -78,6 +78,19 @@ class Deployment:
         await asyncio.to_thread(self.server.restart)
         await self.wait_live()
 
+    async def stop(self) -> None:
+        """Stops maubot gracefully (SIGTERM): the plugin's stop() runs."""
+        await asyncio.to_thread(self.server.stop)
+
+    async def kill(self) -> None:
+        """Kills maubot with SIGKILL: a crash, nothing of the plugin's stop() runs."""
+        await asyncio.to_thread(self.server.kill)
+
+    async def start(self) -> None:
+        """Starts maubot again and waits until the bot is live."""
+        await asyncio.to_thread(self.server.start)
+        await self.wait_live()
+
 
 async def deploy(
     server: MaubotServer,
