@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import urllib.error
@@ -176,6 +177,16 @@ class MaubotServer:
 
     def stop(self) -> None:
         stop_pid(self.proc)
+        self.proc = None
+
+    def kill(self, timeout: float = 15) -> None:
+        """SIGKILLs maubot by its PID and waits for the exit: a crash, so nothing of the plugin's
+        stop() runs. start() brings it back with the same config and data."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout)
         self.proc = None
 
     @contextmanager
