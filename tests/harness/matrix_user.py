@@ -41,6 +41,8 @@ class Reply:
     content: dict[str, Any]
     edits: int
     final: bool
+    # The event it answers (m.in_reply_to), if any.
+    in_reply_to: str | None = None
 
 
 class MatrixUser:
@@ -242,14 +244,15 @@ class MatrixUser:
             if (type is None or ev["type"] == type) and (sender is None or ev["sender"] == sender)
         ]
 
-    def replies_to(self, room_id: str, event_id: str, sender: str) -> list[Reply]:
-        """Every reply from `sender` to `event_id`, each with its edits applied in order."""
-        replies: dict[str, Reply] = {}
+    def messages_from(self, room_id: str, sender: str) -> list[Reply]:
+        """Every message from `sender`, each with its edits applied in order (edits are not
+        listed on their own)."""
+        messages: dict[str, Reply] = {}
         for ev in self.events(room_id, "m.room.message", sender):
             content = ev.get("content", {})
             relation = content.get("m.relates_to") or {}
             if relation.get("rel_type") == "m.replace":
-                original = replies.get(relation.get("event_id"))
+                original = messages.get(relation.get("event_id"))
                 if original is not None:
                     new = content.get("m.new_content", {})
                     original.body = new.get("body", "")
@@ -257,15 +260,38 @@ class MatrixUser:
                     original.edits += 1
                     original.final = not new.get(STREAMING_KEY, False)
                 continue
-            if (relation.get("m.in_reply_to") or {}).get("event_id") == event_id:
-                replies[ev["event_id"]] = Reply(
-                    event_id=ev["event_id"],
-                    body=content.get("body", ""),
-                    content=content,
-                    edits=0,
-                    final=not content.get(STREAMING_KEY, False),
-                )
-        return list(replies.values())
+            messages[ev["event_id"]] = Reply(
+                event_id=ev["event_id"],
+                body=content.get("body", ""),
+                content=content,
+                edits=0,
+                final=not content.get(STREAMING_KEY, False),
+                in_reply_to=(relation.get("m.in_reply_to") or {}).get("event_id"),
+            )
+        return list(messages.values())
+
+    def replies_to(self, room_id: str, event_id: str, sender: str) -> list[Reply]:
+        """Every reply from `sender` to `event_id`, each with its edits applied in order."""
+        return [m for m in self.messages_from(room_id, sender) if m.in_reply_to == event_id]
+
+    async def load_history(self, room_id: str, page: int = 500) -> list[dict[str, Any]]:
+        """Replaces the room's recorded timeline with the server's, read back with /messages.
+
+        The sync loop's record can have gaps (a limited timeline when many events arrive at
+        once); /messages pages back to the room's creation and has none.
+        """
+        events: list[dict[str, Any]] = []
+        token: str | None = None
+        while True:
+            data = await self.request(
+                "GET", f"/rooms/{quote(room_id)}/messages", dir="b", limit=page, **{"from": token}
+            )
+            events.extend(data.get("chunk", []))
+            token = data.get("end")
+            if not data.get("chunk") or not token:
+                break
+        self.timeline[room_id] = events[::-1]
+        return self.timeline[room_id]
 
     async def wait_for_reply(
         self, room_id: str, event_id: str, sender: str, timeout: float = 20
