@@ -20,20 +20,19 @@ from typing import Any
 
 from aiohttp import web
 from mautrix.client import Client
-from mautrix.errors import MUnrecognized
+from mautrix.errors import MNotFound, MUnrecognized
 from mautrix.types import UserID
 from mautrix.util.async_db import Database
 
 from plugin.db import Store
-from plugin.matrix_state import (
-    ANSWERED_TYPE,
-    BINDING_TYPE,
-    SPACE_TYPE,
-    MatrixRecord,
-    new_chat_id,
-)
-from plugin.migrations import upgrade_table
-from plugin.reconcile import SLIDING_SYNC_PATH, Reconciler
+from plugin.db.migrations import upgrade_table
+from plugin.matrix.binding import ANSWERED_TYPE, BINDING_TYPE, SPACE_TYPE, new_chat_id
+from plugin.matrix.links import SpaceLinks
+from plugin.matrix.outbox import HttpTransport, Outbox
+from plugin.matrix.record import MatrixRecord
+from plugin.ops.metrics import Metrics
+from plugin.startup.discover import SLIDING_SYNC_PATH
+from plugin.startup.reconcile import Reconciler
 
 BOT = "@bot:bench"
 log = logging.getLogger("bench")
@@ -96,18 +95,29 @@ def synthetic_sliding_sync(users: int, rooms_per_user: int) -> bytes:
     return json.dumps(answer).encode()
 
 
-class CountingDatabase:
-    """Counts transactions: each statement outside an explicit one, and each acquired block."""
+class TransactionCounter:
+    """Counts a database's transactions: each statement outside an explicit one, and each
+    acquired block."""
 
     def __init__(self, db: Database) -> None:
-        self._db = db
         self.transactions = 0
+        for name in ("execute", "executemany", "fetch", "fetchrow", "fetchval", "acquire"):
+            setattr(db, name, self._counted(getattr(db, name)))
 
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self._db, name)
-        if name in ("execute", "executemany", "fetch", "fetchrow", "fetchval", "acquire"):
+    def _counted(self, method: Any) -> Any:
+        def counted(*args: Any, **kwargs: Any) -> Any:
             self.transactions += 1
-        return attr
+            return method(*args, **kwargs)
+
+        return counted
+
+
+def reconciler_for(client: Client, store: Store) -> Reconciler:
+    """The plugin's reconciler on a plain mautrix client, as the plugin builds it."""
+    outbox = Outbox(client, HttpTransport(client), Metrics(), log)  # type: ignore[arg-type]
+    links = SpaceLinks(outbox, client.mxid.split(":", 1)[1])
+    record = MatrixRecord(client)  # type: ignore[arg-type]
+    return Reconciler(client, store, record, links, log, no_invites)  # type: ignore[arg-type]
 
 
 async def bench_synthetic(users: int = 10_000, rooms_per_user: int = 6) -> dict[str, Any]:
@@ -137,9 +147,8 @@ async def bench_synthetic(users: int = 10_000, rooms_per_user: int = 6) -> dict[
     with tempfile.TemporaryDirectory() as tmp:
         db = Database.create(f"sqlite:{tmp}/bench.db", upgrade_table=upgrade_table, log=log)
         await db.start()
-        counting = CountingDatabase(db)
-        store = Store(counting)  # type: ignore[arg-type]
-        reconciler = Reconciler(client, store, MatrixRecord(client), log, no_invites)
+        counting = TransactionCounter(db)
+        reconciler = reconciler_for(client, Store(db))
         for run in ("first", "second"):
             requests, counting.transactions = 0, 0
             started = time.perf_counter()
@@ -225,7 +234,7 @@ async def bench_real_synapse(rooms: int = 1000) -> dict[str, Any]:
                 )
                 if strategy == "sync":
                     without_sliding_sync(client)
-                reconciler = Reconciler(client, Store(db), MatrixRecord(client), log, no_invites)
+                reconciler = reconciler_for(client, Store(db))
                 for temperature in ("cold", "warm"):
                     started = time.perf_counter()
                     if strategy == "per_room":
@@ -258,14 +267,19 @@ def without_sliding_sync(client: Client) -> None:
 async def per_room_discovery(client: Client) -> int:
     """The alternative the plugin does not use: joined rooms, then account data and state
     of each room."""
-    record = MatrixRecord(client)
+    record = MatrixRecord(client)  # type: ignore[arg-type]
     semaphore = asyncio.Semaphore(8)
     found = 0
 
     async def one(room_id: str) -> None:
         nonlocal found
         async with semaphore:
-            if await record.read_binding(room_id) or await record.read_space(room_id):
+            binding = await record.read_binding(room_id)
+            try:
+                space = await client.get_account_data(SPACE_TYPE, room_id=room_id)
+            except MNotFound:
+                space = None
+            if binding or space:
                 found += 1
             await client.get_state(room_id)
 

@@ -132,8 +132,8 @@ class Outbox:
         """Markdown `text` as a reply to the target event (command replies, notices); long text
         as consecutive replies. Returns the last one's id."""
         event_id = ""
-        for piece in split_text(text):
-            content = {**render(piece, msgtype), **(extra or {})}
+        for content in _messages(text, msgtype):
+            content.update(extra or {})
             content["m.relates_to"] = target.relation()
             event_id = await self.send(target.room_id, content)
         return event_id
@@ -141,8 +141,8 @@ class Outbox:
     async def notice(self, room_id: str, text: str) -> str:
         """Markdown `text` as a notice that replies to nothing."""
         event_id = ""
-        for piece in split_text(text):
-            event_id = await self.send(room_id, render(piece, NOTICE))
+        for content in _messages(text, NOTICE):
+            event_id = await self.send(room_id, content)
         return event_id
 
     async def notice_covering(self, room_id: str, text: str, covers: list[str]) -> None:
@@ -204,3 +204,11 @@ class Outbox:
 
 def _serialize(content: Any) -> dict[str, Any]:
     return content.serialize() if isinstance(content, Serializable) else dict(content)
+
+
+def _messages(text: str, msgtype: str) -> list[dict[str, Any]]:
+    """The text as one message when it fits, else as consecutive ones."""
+    whole = render(text, msgtype)
+    if len(json.dumps(whole)) <= MAX_CONTENT_BYTES * 9 // 10:
+        return [whole]
+    return [render(piece, msgtype) for piece in split_text(text)]

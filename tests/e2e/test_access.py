@@ -146,11 +146,13 @@ async def test_revoked_access_stops_the_agent_at_once_and_returns_with_it(
     alice = await make_user("alice")
     agent = openai_server.agent(stream=False)
     config = {"agents": [agent], "default_agent": agent["id"]}
-    room = await agent_room(alice, bot, agent, {"access.allowed": [alice.user_id]})
+    # The harness's prober stays allowed: it checks that the bot is live after a restart.
+    prober = bot.prober.user_id
+    room = await agent_room(alice, bot, agent, {"access.allowed": [alice.user_id, prober]})
     assert (await alice.ask(room, "before", bot.bot_id)).body == "reply to: before"
 
     # The operator removes alice through the admin UI (the management API).
-    await bot.update_config({**config, "access.allowed": []})
+    await bot.update_config({**config, "access.allowed": [prober]})
     told = await alice.ask(room, "while revoked", bot.bot_id)
     silent = await alice.send_text(room, "while still revoked")
     refused = await alice.ask(room, "!ai rooms", bot.bot_id)
@@ -161,7 +163,7 @@ async def test_revoked_access_stops_the_agent_at_once_and_returns_with_it(
     assert refused.body == REFUSAL
     assert len(openai_server.requests) == 1, "nothing reached the agent"
 
-    await bot.update_config({**config, "access.allowed": [alice.user_id]})
+    await bot.update_config({**config, "access.allowed": [alice.user_id, prober]})
     assert (await alice.ask(room, "back again", bot.bot_id)).body == "reply to: back again"
     await bot.restart()
     assert alice.replies_to(room, silent, bot.bot_id) == [], "nor answered after a restart"

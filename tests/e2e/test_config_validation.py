@@ -198,11 +198,13 @@ async def test_an_invalid_config_saved_while_disabled_runs_on_the_last_valid_one
 ) -> None:
     server, instance = setup.bot.server, setup.bot.instance_id
     offset = len(server.log_text())
-    # maubot validates nothing of a config saved while the instance is disabled.
-    await server.put_instance(instance, enabled=False)
+    # maubot validates nothing of a config saved while the instance is disabled and stopped (as
+    # the admin UI's switch does).
+    await server.put_instance(instance, enabled=False, started=False)
+    await setup.bot.wait_stopped()
     broken = {"command_prefix": "changed", "default_agent": "ghost", "access.allowed": ["@*:*"]}
     await server.put_instance(instance, config=config_yaml(broken))
-    await server.put_instance(instance, enabled=True)
+    await server.put_instance(instance, enabled=True, started=True)
     await setup.bot.wait_started()
 
     assert await setup.help_answers("valid"), "it runs on the last valid config"

@@ -15,6 +15,8 @@ from tests.harness.matrix_user import STREAMING_KEY, MatrixUser, Reply
 
 # Matrix refuses events over 64 KiB; every event the bot sends stays well under it.
 EVENT_LIMIT = 60 * 1024
+# A part of a long answer that more parts follow.
+CONTINUED = "org.agentspaces.continued"
 
 
 def expected(text: str) -> str:
@@ -26,7 +28,8 @@ async def answers(user: MatrixUser, room_id: str, event_id: str, bot: Deployment
 
     def complete() -> list[Reply] | None:
         replies = user.replies_to(room_id, event_id, bot.bot_id)
-        return replies if replies and all(r.final for r in replies) else None
+        done = replies and all(r.final for r in replies) and not replies[-1].content.get(CONTINUED)
+        return replies if done else None
 
     return await user.wait_for(complete, 60, f"the answer to {event_id}")
 

@@ -50,6 +50,13 @@ class Deployment:
                 raise TimeoutError(f"instance {self.instance_id} did not start:\n{info}")
             await asyncio.sleep(0.1)
 
+    async def wait_stopped(self, timeout: float = 30) -> None:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while (await self.instance()).get("started"):
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError(f"instance {self.instance_id} did not stop")
+            await asyncio.sleep(0.1)
+
     async def wait_live(self, timeout: float = 30) -> None:
         """Waits until the bot's client delivers live events to the plugin.
 
