@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
 import aiohttp
@@ -192,3 +192,22 @@ async def read_json(resp: aiohttp.ClientResponse) -> Any:
         return await resp.json(content_type=None)
     except (json.JSONDecodeError, aiohttp.ContentTypeError, UnicodeDecodeError) as e:
         raise BackendBadResponse("the body is not JSON") from e
+
+
+async def answer_deltas(
+    resp: aiohttp.ClientResponse,
+    stream_delta: Callable[[Any], str],
+    whole: Callable[[Any], str],
+) -> AsyncIterator[str]:
+    """The answer of a response as text deltas: a stream's payloads one by one, or a JSON answer
+    whole. Some servers ignore a request to stream: the content type says what came back."""
+    try:
+        if is_event_stream(resp):
+            async for payload in sse_payloads(resp):
+                delta = stream_delta(payload)
+                if delta:
+                    yield delta
+        else:
+            yield whole(await read_json(resp))
+    finally:
+        resp.release()

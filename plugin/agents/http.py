@@ -15,14 +15,7 @@ from typing import Any
 
 import aiohttp
 
-from .base import (
-    AgentRequest,
-    BackendBadResponse,
-    is_event_stream,
-    post_json,
-    read_json,
-    sse_payloads,
-)
+from .base import AgentRequest, BackendBadResponse, answer_deltas, post_json
 
 
 class HttpBackend:
@@ -32,22 +25,22 @@ class HttpBackend:
     async def reply(self, request: AgentRequest) -> AsyncIterator[str]:
         agent = request.agent
         resp = await post_json(self.http, agent.url, payload(request), dict(agent.headers))
-        try:
-            if is_event_stream(resp):
-                async for chunk in sse_payloads(resp):
-                    delta = chunk.get("delta") if isinstance(chunk, dict) else None
-                    if not isinstance(delta, str):
-                        raise BackendBadResponse('a stream line has no "delta" text')
-                    if delta:
-                        yield delta
-            else:
-                answer = await read_json(resp)
-                reply = answer.get("reply") if isinstance(answer, dict) else None
-                if not isinstance(reply, str):
-                    raise BackendBadResponse('the JSON has no "reply" text')
-                yield reply
-        finally:
-            resp.release()
+        async for delta in answer_deltas(resp, _delta, _whole):
+            yield delta
+
+
+def _delta(chunk: Any) -> str:
+    delta = chunk.get("delta") if isinstance(chunk, dict) else None
+    if not isinstance(delta, str):
+        raise BackendBadResponse('a stream line has no "delta" text')
+    return delta
+
+
+def _whole(answer: Any) -> str:
+    reply = answer.get("reply") if isinstance(answer, dict) else None
+    if not isinstance(reply, str):
+        raise BackendBadResponse('the JSON has no "reply" text')
+    return reply
 
 
 def payload(request: AgentRequest) -> dict[str, Any]:

@@ -7,14 +7,7 @@ from typing import Any
 
 import aiohttp
 
-from .base import (
-    AgentRequest,
-    BackendBadResponse,
-    is_event_stream,
-    post_json,
-    read_json,
-    sse_payloads,
-)
+from .base import AgentRequest, BackendBadResponse, answer_deltas, post_json
 
 
 class OpenAIBackend:
@@ -28,17 +21,8 @@ class OpenAIBackend:
         if agent.model:
             body["model"] = agent.model
         resp = await post_json(self.http, f"{agent.base_url}/chat/completions", body, headers)
-        try:
-            # Some servers ignore "stream": the content type says what really came back.
-            if is_event_stream(resp):
-                async for payload in sse_payloads(resp):
-                    delta = _delta(payload)
-                    if delta:
-                        yield delta
-            else:
-                yield _whole(await read_json(resp))
-        finally:
-            resp.release()
+        async for delta in answer_deltas(resp, _delta, _whole):
+            yield delta
 
 
 def messages(request: AgentRequest) -> list[dict[str, str]]:

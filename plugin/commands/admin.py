@@ -4,18 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
+from attrs import define
+
 from ..startup.reconcile import ReconcileReport
 from .router import CommandRouter, Invocation
 
 
+@define(eq=False)
 class AdminCommands:
-    def __init__(
-        self,
-        last_report: Callable[[], ReconcileReport | None],
-        reconcile: Callable[[], Awaitable[ReconcileReport | None]],
-    ) -> None:
-        self.last_report = last_report
-        self.reconcile = reconcile
+    last_report: Callable[[], ReconcileReport | None]
+    reconcile: Callable[[], Awaitable[ReconcileReport | None]]
 
     def register(self, router: CommandRouter) -> None:
         router.add(

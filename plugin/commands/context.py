@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from attrs import define
+
 from ..conversation.context import ContextManager
 from ..conversation.intake import Intake
 from ..errors import UsageError
 from .router import CommandRouter, Handler, Invocation
 
 
+@define(eq=False)
 class ContextCommands:
-    def __init__(self, context: ContextManager, intake: Intake) -> None:
-        self.context = context
-        self.intake = intake
+    context: ContextManager
+    intake: Intake
 
     def register(self, router: CommandRouter) -> None:
         def room_command(name: str, usage: str, help: str, handler: Handler) -> None:

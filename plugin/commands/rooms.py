@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from attrs import define
+
 from ..agents import find_agent
 from ..errors import UsageError
 from ..ops.settings import AgentSettings, Settings
@@ -42,10 +44,10 @@ def _title(settings: Settings, text: str, usage: str) -> str:
     return title
 
 
+@define(eq=False)
 class RoomCommands:
-    def __init__(self, onboarding: Onboarding, rooms: WorkingRooms) -> None:
-        self.onboarding = onboarding
-        self.rooms = rooms
+    onboarding: Onboarding
+    rooms: WorkingRooms
 
     def register(self, router: CommandRouter) -> None:
         router.add(

@@ -7,7 +7,7 @@ and needs no tokenizer. The system prompt and the memory are never trimmed; turn
 from __future__ import annotations
 
 import attrs
-from attrs import frozen
+from attrs import define, frozen
 
 from ..agents.base import AgentRequest, Turn
 from ..db import Store
@@ -66,10 +66,10 @@ class ContextSummary:
     memory_entries: int
 
 
+@define(eq=False)
 class ContextManager:
-    def __init__(self, store: Store, bindings: Bindings) -> None:
-        self.store = store
-        self.bindings = bindings
+    store: Store
+    bindings: Bindings
 
     async def memory_for(self, room: RoomRow) -> list[str]:
         if not room.share_memory:

@@ -12,6 +12,7 @@ import json
 from collections.abc import Callable
 from logging import Logger
 
+from attrs import define, field
 from mautrix.types import MessageEvent, MessageType
 
 from ..db import Store
@@ -55,31 +56,21 @@ def job_of(evt: MessageEvent, over_quota: bool = False, resume: list[str] | None
     )
 
 
+@define(eq=False)
 class Intake:
-    def __init__(
-        self,
-        bot_id: str,
-        store: Store,
-        queues: RoomQueues,
-        quota: Quota,
-        refusals: Refusals,
-        metrics: Metrics,
-        settings: Callable[[], Settings],
-        log: Logger,
-    ) -> None:
-        self.bot_id = bot_id
-        self.store = store
-        self.queues = queues
-        self.quota = quota
-        self.refusals = refusals
-        self.metrics = metrics
-        self.settings = settings
-        self.log = log
-        self._locks = KeyedLocks()
-        self._running = False
-        # Rooms whose catch-up is done in this run: only there does a live message move the
-        # room's cursor, since before it the catch-up still has to read back to the cursor.
-        self._caught_up: set[str] = set()
+    bot_id: str
+    store: Store
+    queues: RoomQueues
+    quota: Quota
+    refusals: Refusals
+    metrics: Metrics
+    settings: Callable[[], Settings]
+    log: Logger
+    _locks: KeyedLocks = field(init=False, factory=KeyedLocks)
+    _running: bool = field(init=False, default=False)
+    # Rooms whose catch-up is done in this run: only there does a live message move the
+    # room's cursor, since before it the catch-up still has to read back to the cursor.
+    _caught_up: set[str] = field(init=False, factory=set)
 
     def start(self) -> None:
         self._running = True

@@ -44,14 +44,14 @@ class Runner(Protocol):
         ...
 
 
+@define(eq=False)
 class RoomQueues:
-    def __init__(self, runner: Runner, log: Logger) -> None:
-        self.runner = runner
-        self.log = log
-        self._queues: dict[str, deque[Job]] = {}
-        self._workers: dict[str, asyncio.Task[None]] = {}
-        self._holding = False
-        self._released: set[str] = set()
+    runner: Runner
+    log: Logger
+    _queues: dict[str, deque[Job]] = field(init=False, factory=dict)
+    _workers: dict[str, asyncio.Task[None]] = field(init=False, factory=dict)
+    _holding: bool = field(init=False, default=False)
+    _released: set[str] = field(init=False, factory=set)
 
     def hold_all(self) -> None:
         """Holds every room until `release` (the catch-up of that room is done)."""

@@ -7,6 +7,8 @@ import bisect
 import time
 from collections.abc import Callable
 
+from attrs import define, field
+
 from ..db import Store
 from ..ops.settings import Settings
 
@@ -19,12 +21,12 @@ def today() -> str:
     return time.strftime("%Y-%m-%d", time.gmtime())
 
 
+@define(eq=False)
 class Quota:
-    def __init__(self, store: Store, settings: Callable[[], Settings]) -> None:
-        self.store = store
-        self.settings = settings
-        # user -> the send times (seconds) of their admitted messages, sorted.
-        self._recent: dict[str, list[float]] = {}
+    store: Store
+    settings: Callable[[], Settings]
+    # user -> the send times (seconds) of their admitted messages, sorted.
+    _recent: dict[str, list[float]] = field(init=False, factory=dict)
 
     def admit_message(self, user_id: str, sent_at: float) -> bool:
         """Counts a message towards the per-minute limit at the time it was sent, so a backlog

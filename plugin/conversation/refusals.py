@@ -41,11 +41,11 @@ REVOKED = (
 )
 
 
+@define(eq=False)
 class Refusals:
-    def __init__(self, outbox: Outbox, store: Store) -> None:
-        self.outbox = outbox
-        self.store = store
-        self._bursts: dict[tuple[str, str], _Burst] = {}
+    outbox: Outbox
+    store: Store
+    _bursts: dict[tuple[str, str], _Burst] = field(init=False, factory=dict)
 
     async def refuse(self, target: ReplyTarget, reason: str, wording: Wording) -> None:
         now = time.monotonic()

@@ -11,6 +11,7 @@ import asyncio
 from collections.abc import Callable
 from logging import Logger
 
+from attrs import define
 from mautrix.errors import MatrixError
 
 from ..agents.base import BackendError
@@ -33,28 +34,17 @@ from .stream import ReplyStream
 MATRIX_RETRY_WAITS = (2.0, 10.0)
 
 
+@define(eq=False)
 class TurnRunner:
-    def __init__(
-        self,
-        store: Store,
-        context: ContextManager,
-        quota: Quota,
-        caller: AgentCaller,
-        refusals: Refusals,
-        outbox: Outbox,
-        metrics: Metrics,
-        settings: Callable[[], Settings],
-        log: Logger,
-    ) -> None:
-        self.store = store
-        self.context = context
-        self.quota = quota
-        self.caller = caller
-        self.refusals = refusals
-        self.outbox = outbox
-        self.metrics = metrics
-        self.settings = settings
-        self.log = log
+    store: Store
+    context: ContextManager
+    quota: Quota
+    caller: AgentCaller
+    refusals: Refusals
+    outbox: Outbox
+    metrics: Metrics
+    settings: Callable[[], Settings]
+    log: Logger
 
     async def run(self, job: Job) -> None:
         for wait in (*MATRIX_RETRY_WAITS, None):

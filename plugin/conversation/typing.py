@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from logging import Logger
 
+from attrs import define
 from maubot.matrix import MaubotMatrixClient
 from mautrix.errors import MatrixError
 
@@ -19,10 +20,10 @@ TYPING_TIMEOUT_MS = 30_000
 TYPING_REFRESH = 20.0
 
 
+@define(eq=False)
 class TypingNotices:
-    def __init__(self, client: MaubotMatrixClient, log: Logger) -> None:
-        self.client = client
-        self.log = log
+    client: MaubotMatrixClient
+    log: Logger
 
     @asynccontextmanager
     async def shown(self, room_id: str) -> AsyncIterator[None]:

@@ -17,6 +17,7 @@ from logging import Logger
 from typing import Any, Protocol
 
 import aiohttp
+from attrs import define
 from maubot.matrix import MaubotMatrixClient
 from mautrix.api import Method, Path, PathBuilder
 from mautrix.errors import MatrixConnectionError, MatrixError, MNotFound, make_request_error
@@ -98,14 +99,12 @@ class HttpTransport:
         return data
 
 
+@define(eq=False)
 class Outbox:
-    def __init__(
-        self, client: MaubotMatrixClient, transport: Transport, metrics: Metrics, log: Logger
-    ) -> None:
-        self.client = client
-        self.transport = transport
-        self.metrics = metrics
-        self.log = log
+    client: MaubotMatrixClient
+    transport: Transport
+    metrics: Metrics
+    log: Logger
 
     async def send(self, room_id: str, content: dict[str, Any], event_type: str = MESSAGE) -> str:
         """Sends one message-like event and returns its id."""

@@ -17,6 +17,7 @@ import secrets
 from typing import Any
 
 import attrs
+from attrs import define, field
 
 from ..db.tables import StateTable
 from .config import Config, ConfigError, load_settings, parse_settings
@@ -26,25 +27,17 @@ from .settings import Settings
 LAST_VALID_KEY = "last_valid_config"
 
 
+@define(eq=False)
 class LiveConfig:
-    def __init__(
-        self,
-        config: Config,
-        server: str,
-        state: StateTable,
-        log: logging.Logger,
-        metrics: Metrics,
-    ) -> None:
-        self.config = config
-        self.server = server
-        self.state = state
-        self.log = log
-        # Rejections also show on the status page, for operators who do not read the log.
-        self.metrics = metrics
-        # The raw data of the config last accepted, restored when a change is rejected.
-        self._valid_data: Any = None
-        # What the status page says about the config the instance runs on.
-        self.status = "valid"
+    config: Config
+    server: str
+    state: StateTable
+    log: logging.Logger
+    metrics: Metrics
+    # The raw data of the config last accepted, restored when a change is rejected.
+    _valid_data: Any = field(init=False, default=None)
+    # What the status page says about the config the instance runs on.
+    status: str = field(init=False, default="valid")
 
     async def at_start(self) -> Settings:
         try:

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from html import escape
 
 from aiohttp import web
+from attrs import define
 from maubot.handlers import web as handlers
 
 from ..db import Store
@@ -49,26 +50,17 @@ def unauthorized() -> web.Response:
     )
 
 
+@define(eq=False)
 class StatusPages:
     """The web handlers, registered with maubot as a handler class."""
 
-    def __init__(
-        self,
-        bot_id: str,
-        store: Store,
-        metrics: Metrics,
-        settings: Callable[[], Settings],
-        queue_depth: Callable[[], int],
-        last_report: Callable[[], ReconcileReport | None],
-        config_status: Callable[[], str],
-    ) -> None:
-        self.bot_id = bot_id
-        self.store = store
-        self.metrics = metrics
-        self.settings = settings
-        self.queue_depth = queue_depth
-        self.last_report = last_report
-        self.config_status = config_status
+    bot_id: str
+    store: Store
+    metrics: Metrics
+    settings: Callable[[], Settings]
+    queue_depth: Callable[[], int]
+    last_report: Callable[[], ReconcileReport | None]
+    config_status: Callable[[], str]
 
     @handlers.get("/metrics")
     async def metrics_page(self, request: web.Request) -> web.Response:

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import attrs
+from attrs import define
 
 from ..db import Store
 from ..db.rows import RoomRow
@@ -21,10 +22,10 @@ AlsoInDb = Callable[[Store], Awaitable[None]]
 MatrixSteps = Callable[[], Awaitable[None]]
 
 
+@define(eq=False)
 class Bindings:
-    def __init__(self, record: MatrixRecord, store: Store) -> None:
-        self.record = record
-        self.store = store
+    record: MatrixRecord
+    store: Store
 
     async def create(self, room: RoomRow, then_in_matrix: MatrixSteps | None = None) -> None:
         """Binds a new room: its account data, the further Matrix steps, then its row."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from logging import Logger
 
+from attrs import define, field
 from maubot.matrix import MaubotMatrixClient
 from mautrix.client.syncer import SyncStream
 from mautrix.errors import MatrixError
@@ -41,28 +42,20 @@ def _from_invite(evt: StateEvent) -> bool:
     return source is None or bool(source & SyncStream.INVITED_ROOM)
 
 
+@define(eq=False)
 class MembershipHandler:
-    def __init__(
-        self,
-        client: MaubotMatrixClient,
-        store: Store,
-        outbox: Outbox,
-        onboarding: Onboarding,
-        rooms: WorkingRooms,
-        record: MatrixRecord,
-        settings: Callable[[], Settings],
-        log: Logger,
-    ) -> None:
-        self.client = client
-        self.store = store
-        self.outbox = outbox
-        self.onboarding = onboarding
-        self.rooms = rooms
-        self.record = record
-        self.settings = settings
-        self.log = log
-        # Rooms already told that the bot cannot read encryption, so the notice comes once.
-        self._encryption_noticed = Throttle(ENCRYPTION_NOTICE_INTERVAL)
+    client: MaubotMatrixClient
+    store: Store
+    outbox: Outbox
+    onboarding: Onboarding
+    rooms: WorkingRooms
+    record: MatrixRecord
+    settings: Callable[[], Settings]
+    log: Logger
+    # Rooms already told that the bot cannot read encryption, so the notice comes once.
+    _encryption_noticed: Throttle = field(
+        init=False, factory=lambda: Throttle(ENCRYPTION_NOTICE_INTERVAL)
+    )
 
     async def on_member(self, evt: StateEvent) -> None:
         membership = evt.content.membership

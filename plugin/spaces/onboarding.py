@@ -40,26 +40,18 @@ class OnboardResult:
     problems: list[str] = field(factory=list)
 
 
+@define(eq=False)
 class Onboarding:
     """One per plugin instance: the per-user locks belong to it."""
 
-    def __init__(
-        self,
-        client: MaubotMatrixClient,
-        store: Store,
-        record: MatrixRecord,
-        rooms: WorkingRooms,
-        settings: Callable[[], Settings],
-        log: Logger,
-    ) -> None:
-        self.client = client
-        self.store = store
-        self.record = record
-        self.rooms = rooms
-        self.settings = settings
-        self.log = log
-        # One onboarding at a time per user, so that two `!ai start` at once give one Space.
-        self._locks = KeyedLocks()
+    client: MaubotMatrixClient
+    store: Store
+    record: MatrixRecord
+    rooms: WorkingRooms
+    settings: Callable[[], Settings]
+    log: Logger
+    # One onboarding at a time per user, so that two `!ai start` at once give one Space.
+    _locks: KeyedLocks = field(init=False, factory=KeyedLocks)
 
     async def onboard(self, user_id: str) -> OnboardResult:
         """Makes sure the user has a Space, is invited to it, and has the onboarding rooms."""

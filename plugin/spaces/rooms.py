@@ -10,6 +10,7 @@ from collections.abc import Callable
 from logging import Logger
 from typing import Any
 
+from attrs import define
 from maubot.matrix import MaubotMatrixClient
 from mautrix.errors import MatrixError
 from mautrix.types import EventType, RoomCreatePreset
@@ -28,26 +29,16 @@ MEGOLM = "m.megolm.v1.aes-sha2"
 MAX_TITLE = 200
 
 
+@define(eq=False)
 class WorkingRooms:
-    def __init__(
-        self,
-        client: MaubotMatrixClient,
-        store: Store,
-        outbox: Outbox,
-        links: SpaceLinks,
-        bindings: Bindings,
-        creator: RoomCreator,
-        settings: Callable[[], Settings],
-        log: Logger,
-    ) -> None:
-        self.client = client
-        self.creator = creator
-        self.store = store
-        self.outbox = outbox
-        self.links = links
-        self.bindings = bindings
-        self.settings = settings
-        self.log = log
+    client: MaubotMatrixClient
+    store: Store
+    outbox: Outbox
+    links: SpaceLinks
+    bindings: Bindings
+    creator: RoomCreator
+    settings: Callable[[], Settings]
+    log: Logger
 
     @property
     def server_name(self) -> str:

@@ -68,26 +68,16 @@ class CatchUpReport:
         )
 
 
+@define(eq=False)
 class CatchUp:
-    def __init__(
-        self,
-        client: MaubotMatrixClient,
-        store: Store,
-        outbox: Outbox,
-        intake: Intake,
-        queues: RoomQueues,
-        quota: Quota,
-        settings: Callable[[], Settings],
-        log: TraceLogger,
-    ) -> None:
-        self.client = client
-        self.store = store
-        self.outbox = outbox
-        self.intake = intake
-        self.queues = queues
-        self.quota = quota
-        self.settings = settings
-        self.log = log
+    client: MaubotMatrixClient
+    store: Store
+    outbox: Outbox
+    intake: Intake
+    queues: RoomQueues
+    quota: Quota
+    settings: Callable[[], Settings]
+    log: TraceLogger
 
     async def run(self) -> CatchUpReport:
         report = CatchUpReport()

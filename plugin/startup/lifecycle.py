@@ -5,22 +5,22 @@ from __future__ import annotations
 import asyncio
 from logging import Logger
 
+from attrs import define, field
+
 from ..ops.metrics import Metrics
 from .catchup import CatchUp
 from .reconcile import Reconciler, ReconcileReport
 
 
+@define(eq=False)
 class Startup:
-    def __init__(
-        self, reconciler: Reconciler, catch_up: CatchUp, metrics: Metrics, log: Logger
-    ) -> None:
-        self.reconciler = reconciler
-        self.catch_up = catch_up
-        self.metrics = metrics
-        self.log = log
-        self.last_report: ReconcileReport | None = None
-        self._reconcile_task: asyncio.Task[ReconcileReport | None] | None = None
-        self._catch_up_task: asyncio.Task[None] | None = None
+    reconciler: Reconciler
+    catch_up: CatchUp
+    metrics: Metrics
+    log: Logger
+    last_report: ReconcileReport | None = field(init=False, default=None)
+    _reconcile_task: asyncio.Task[ReconcileReport | None] | None = field(init=False, default=None)
+    _catch_up_task: asyncio.Task[None] | None = field(init=False, default=None)
 
     async def reconcile_first(self, budget: float) -> None:
         """Reconciles, for at most `budget` seconds; past it, the rest runs in the background."""

@@ -9,9 +9,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 
 import attrs
-from attrs import define
+from attrs import define, field
 from maubot.matrix import MaubotMatrixClient
 from mautrix.errors import MatrixError, MNotFound
 from mautrix.types import EventType
@@ -55,23 +56,15 @@ class ReconcileReport:
 InviteHandler = Callable[[str, str, bool, bool], Awaitable[None]]
 
 
+@define(eq=False)
 class Reconciler:
-    def __init__(
-        self,
-        client: MaubotMatrixClient,
-        store: Store,
-        record: MatrixRecord,
-        links: SpaceLinks,
-        log: TraceLogger,
-        on_invite: InviteHandler,
-    ) -> None:
-        self.client = client
-        self.store = store
-        self.record = record
-        self.links = links
-        self.log = log
-        self.on_invite = on_invite
-        self._lock = asyncio.Lock()
+    client: MaubotMatrixClient
+    store: Store
+    record: MatrixRecord
+    links: SpaceLinks
+    log: TraceLogger
+    on_invite: InviteHandler
+    _lock: asyncio.Lock = field(init=False, factory=asyncio.Lock)
 
     async def run(self) -> ReconcileReport:
         async with self._lock:
@@ -139,25 +132,37 @@ class Reconciler:
         return room is not None and room.updated_at > since
 
     async def _repair_matrix(self, plan: Plan, since: int) -> int:
-        errors = 0
-        for room_id, binding in plan.binding_writes:
-            if not await self._changed_since(room_id, since):
-                errors += await self._guarded(
+        # (room, what, the repair): each skipped when the plugin changed the room meanwhile.
+        repairs: list[tuple[str, str, Callable[[], Awaitable[None]]]] = [
+            *(
+                (
+                    room_id,
                     f"writing the binding of {room_id}",
-                    self.record.write_binding(room_id, binding),
+                    partial(self.record.write_binding, room_id, binding),
                 )
-        for space_id, room_id in plan.child_links:
-            if not await self._changed_since(room_id, since):
-                errors += await self._guarded(
+                for room_id, binding in plan.binding_writes
+            ),
+            *(
+                (
+                    room_id,
                     f"restoring the child link {space_id} -> {room_id}",
-                    self.links.link_child(space_id, room_id),
+                    partial(self.links.link_child, space_id, room_id),
                 )
-        for room_id, space_id in plan.parent_links:
-            if not await self._changed_since(room_id, since):
-                errors += await self._guarded(
+                for space_id, room_id in plan.child_links
+            ),
+            *(
+                (
+                    room_id,
                     f"restoring the parent link {room_id} -> {space_id}",
-                    self.links.link_parent(room_id, space_id),
+                    partial(self.links.link_parent, room_id, space_id),
                 )
+                for room_id, space_id in plan.parent_links
+            ),
+        ]
+        errors = 0
+        for room_id, what, repair in repairs:
+            if not await self._changed_since(room_id, since):
+                errors += await self._guarded(what, repair())
         for new_room, binding in plan.moves:
             errors += await self._guarded(
                 f"following the move to {new_room}", self._follow(new_room, binding, plan)
