@@ -76,15 +76,6 @@ class ContextManager:
             return []
         return [entry.content for entry in await self.store.memory.of_user(room.owner)]
 
-    @staticmethod
-    async def user_turn(store: Store, room_id: str, event_id: str, text: str) -> TurnRow:
-        """The turn of a user message, added once: a message handled again reuses its turn.
-        Takes the store of the caller's transaction."""
-        existing = await store.turns.for_event(room_id, event_id)
-        if existing is not None:
-            return existing
-        return await store.turns.add_pending(room_id, event_id, USER, text)
-
     async def request_for(
         self,
         room: RoomRow,

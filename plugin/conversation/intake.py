@@ -49,10 +49,21 @@ def is_agent_message(evt: MessageEvent, room: RoomRow, settings: Settings) -> bo
     return room.state == ACTIVE and access.may_act_in_room(settings, room.owner, evt.sender)
 
 
-def job_of(evt: MessageEvent, over_quota: bool = False, resume: list[str] | None = None) -> Job:
-    text = message_text(evt)
+def job_of(
+    evt: MessageEvent,
+    over_quota: bool = False,
+    resume: list[str] | None = None,
+    fresh: bool = False,
+) -> Job:
     return Job(
-        MESSAGE, evt.room_id, evt, evt.sender, text, over_quota=over_quota, resume=resume or []
+        MESSAGE,
+        evt.room_id,
+        evt,
+        evt.sender,
+        message_text(evt),
+        over_quota=over_quota,
+        resume=resume or [],
+        fresh=fresh,
     )
 
 
@@ -95,8 +106,15 @@ class Intake:
             if not await self._record(evt):
                 return
             self.metrics.message_in()
-            if self._running:
-                await self._queue(evt)
+            if not self._running:
+                # Stopping: recorded only, and answered at the next start.
+                return
+            limit = self.settings().pending_per_room
+            if sum(job.kind == MESSAGE for job in self.queues.pending(evt.room_id)) >= limit:
+                await self._refuse_pending(evt, limit)
+                return
+            over_quota = not self.quota.admit_message(evt.sender, evt.timestamp / 1000)
+            self.queues.enqueue(job_of(evt, over_quota, fresh=True))
 
     async def _record(self, evt: MessageEvent) -> bool:
         content = json.dumps(evt.content.serialize())
@@ -108,23 +126,16 @@ class Intake:
                 await tx.rooms.set_cursor(evt.room_id, evt.event_id, evt.timestamp)
         return added
 
-    async def _queue(self, evt: MessageEvent) -> None:
-        settings = self.settings()
-        waiting = sum(job.kind == MESSAGE for job in self.queues.pending(evt.room_id))
-        if waiting >= settings.pending_per_room:
-            limit = settings.pending_per_room
-            await self.refusals.refuse(
-                ReplyTarget.of(evt),
-                "pending",
-                lambda n: (
-                    f"{limit} messages here are still waiting for an answer, so "
-                    f"{these(n)} did not go to the agent. Send it again once the answers arrived."
-                ),
-            )
-            await self.store.messages.set_state(evt.event_id, ANSWERED)
-            return
-        over_quota = not self.quota.admit_message(evt.sender, evt.timestamp / 1000)
-        self.queues.enqueue(job_of(evt, over_quota))
+    async def _refuse_pending(self, evt: MessageEvent, limit: int) -> None:
+        await self.refusals.refuse(
+            ReplyTarget.of(evt),
+            "pending",
+            lambda n: (
+                f"{limit} messages here are still waiting for an answer, so "
+                f"{these(n)} did not go to the agent. Send it again once the answers arrived."
+            ),
+        )
+        await self.store.messages.set_state(evt.event_id, ANSWERED)
 
     async def retry(self, room: RoomRow, evt: MessageEvent) -> None:
         """Queues the last unanswered user turn again, or the last one if all have answers."""

@@ -34,6 +34,8 @@ class Job:
     over_quota: bool = False
     # The parts of an interrupted reply to this message, to edit into the complete answer.
     resume: list[str] = field(factory=list)
+    # Recorded by the live handler in this run: it has no turn in the context yet.
+    fresh: bool = False
 
 
 class Runner(Protocol):

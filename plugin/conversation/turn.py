@@ -23,7 +23,7 @@ from ..ops import access
 from ..ops.metrics import Metrics
 from ..ops.settings import AgentSettings, Settings
 from .agent_call import AgentCaller
-from .context import ASSISTANT, COMPACT_PROMPT, ContextManager, estimate_tokens
+from .context import ASSISTANT, COMPACT_PROMPT, USER, ContextManager, estimate_tokens
 from .queues import COMPACT, MESSAGE, RETRY, Job
 from .quota import Quota, today
 from .refusals import Refusals, these
@@ -121,12 +121,20 @@ class TurnRunner:
                 ),
             )
         else:
-            async with self.store.transaction() as tx:
-                await tx.messages.set_state(job.event.event_id, ANSWERING)
-                turn = await self.context.user_turn(tx, room.room_id, job.event.event_id, job.text)
-            await self._answer(job, room, turn, target, settings)
+            await self._answer(job, room, await self._take_turn(job), target, settings)
             return
         await self._settle(job)
+
+    async def _take_turn(self, job: Job) -> TurnRow:
+        """The message is being answered: its turn enters the context (once: a message answered
+        again after a restart has one already), and its state says so. No transaction: a crash
+        between the two leaves a turn that the next try takes over."""
+        event_id, room_id = job.event.event_id, job.room_id
+        turn = None if job.fresh else await self.store.turns.for_event(room_id, event_id)
+        if turn is None:
+            turn = await self.store.turns.add_pending(room_id, event_id, USER, job.text)
+        await self.store.messages.set_state(event_id, ANSWERING)
+        return turn
 
     async def _answer_retry(self, job: Job, room: RoomRow, settings: Settings) -> None:
         turns = await self.store.turns.of_room(room.room_id)

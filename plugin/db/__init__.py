@@ -7,6 +7,8 @@ from contextlib import asynccontextmanager
 
 from mautrix.util.async_db import Database
 
+from .cache import RowCache
+from .rows import MemoryRow, RoomRow
 from .tables import (
     Executor,
     MemoryTable,
@@ -18,16 +20,23 @@ from .tables import (
     UserTable,
 )
 
+# Rows kept in memory: at most this many rooms, and users' memories.
+CACHED_ROOMS = 10_000
+CACHED_MEMORIES = 2_000
+
 
 class Store:
     """The plugin's tables. One per plugin instance; `transaction()` gives one on a connection."""
 
-    def __init__(self, db: Executor) -> None:
+    def __init__(self, db: Executor, caches: _Caches | None = None) -> None:
         self.db = db
+        self.caches = caches or _Caches()
+        # A transaction's reads may see what it will roll back: they do not fill the caches.
+        fill = isinstance(db, Database)
         self.users = UserTable(db)
-        self.rooms = RoomTable(db)
+        self.rooms = RoomTable(db, self.caches.rooms, fill)
         self.turns = TurnTable(db)
-        self.memory = MemoryTable(db)
+        self.memory = MemoryTable(db, self.caches.memories, fill)
         self.usage = UsageTable(db)
         self.messages = MessageTable(db)
         self.state = StateTable(db)
@@ -44,7 +53,7 @@ class Store:
             try:
                 async with conn.transaction():
                     try:
-                        yield Store(conn)
+                        yield Store(conn, self.caches)
                     except (Exception, GeneratorExit):
                         raise
                     except BaseException as e:
@@ -55,6 +64,12 @@ class Store:
             except _RollBack:
                 assert interrupted is not None
                 raise interrupted from None
+
+
+class _Caches:
+    def __init__(self) -> None:
+        self.rooms: RowCache[RoomRow | None] = RowCache(CACHED_ROOMS)
+        self.memories: RowCache[list[MemoryRow]] = RowCache(CACHED_MEMORIES)
 
 
 class _RollBack(Exception):

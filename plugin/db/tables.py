@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import attrs
 from mautrix.util.async_db import Connection, Database
 
 from ..matrix.binding import BINDING_FIELDS, Binding
+from .cache import MISSING, RowCache
 from .rows import (
     ACTIVE,
     ANSWERED,
@@ -104,12 +106,21 @@ class UserTable:
 
 
 class RoomTable:
-    def __init__(self, db: Executor) -> None:
+    def __init__(self, db: Executor, cache: RowCache[RoomRow | None], fill: bool) -> None:
         self.db = db
+        # Rooms by id (None: not a working room). Filled only outside transactions.
+        self.cache = cache
+        self.fill = fill
 
     async def get(self, room_id: str) -> RoomRow | None:
+        cached = self.cache.get(room_id)
+        if cached is not MISSING:
+            return cached  # type: ignore[return-value]
         row = await self.db.fetchrow(f"SELECT {_ROOM_COLUMNS} FROM room WHERE room_id=$1", room_id)
-        return RoomRow.from_row(row) if row else None
+        room = RoomRow.from_row(row) if row else None
+        if self.fill:
+            self.cache.put(room_id, room)
+        return room
 
     async def of_owner(self, owner: str) -> list[RoomRow]:
         """The owner's active rooms, oldest first."""
@@ -132,24 +143,30 @@ class RoomTable:
 
     async def upsert(self, room: RoomRow) -> None:
         """Inserts a room, or updates what Matrix says of it; local bookkeeping stays."""
+        self.cache.forget(room.room_id)
         await self.db.execute(_ROOM_UPSERT, *room.values())
 
     async def upsert_unchanged_since(self, rooms: list[RoomRow], since: int) -> None:
         """Upserts rooms, except those the plugin changed after `since`."""
+        for room in rooms:
+            self.cache.forget(room.room_id)
         await self.db.executemany(
             _ROOM_UPSERT_UNCHANGED, [(*room.values(), since) for room in rooms]
         )
 
     async def set_binding(self, room_id: str, binding: Binding) -> None:
+        self.cache.forget(room_id)
         values = [getattr(binding, name) for name in BINDING_FIELDS]
         await self.db.execute(_ROOM_SET_BINDING, room_id, now_ms(), *values)
 
     async def set_title(self, room_id: str, title: str) -> None:
+        self.cache.forget(room_id)
         await self.db.execute(
             "UPDATE room SET title=$2, updated_at=$3 WHERE room_id=$1", room_id, title, now_ms()
         )
 
     async def set_state(self, room_id: str, state: str, moved_to: str | None = None) -> None:
+        self.cache.forget(room_id)
         await self.db.execute(
             "UPDATE room SET state=$2, moved_to=$3, updated_at=$4 WHERE room_id=$1",
             room_id,
@@ -166,7 +183,14 @@ class RoomTable:
         )
 
     async def set_cursor(self, room_id: str, event_id: str, timestamp: int) -> None:
-        # Only moves forward, so a late catch-up cannot rewind what the live handler advanced.
+        # The cached row follows rather than being forgotten, so that a busy room is not read
+        # again for every message. Only moves forward, so a late catch-up cannot rewind what
+        # the live handler advanced.
+        cached = self.cache.get(room_id)
+        if isinstance(cached, RoomRow) and cached.last_event_ts <= timestamp:
+            self.cache.put(
+                room_id, attrs.evolve(cached, last_event_id=event_id, last_event_ts=timestamp)
+            )
         await self.db.execute(
             "UPDATE room SET last_event_id=$2, last_event_ts=$3 "
             "WHERE room_id=$1 AND last_event_ts<=$3",
@@ -246,17 +270,27 @@ class TurnTable:
 
 
 class MemoryTable:
-    def __init__(self, db: Executor) -> None:
+    def __init__(self, db: Executor, cache: RowCache[list[MemoryRow]], fill: bool) -> None:
         self.db = db
+        # Each user's entries, which every answer in their rooms reads.
+        self.cache = cache
+        self.fill = fill
 
     async def of_user(self, user_id: str) -> list[MemoryRow]:
+        cached = self.cache.get(user_id)
+        if cached is not MISSING:
+            return list(cached)  # type: ignore[call-overload]
         rows = await self.db.fetch(
             f"SELECT {MemoryRow.columns()} FROM memory_entry WHERE user_id=$1 ORDER BY id",
             user_id,
         )
-        return [MemoryRow.from_row(row) for row in rows]
+        entries = [MemoryRow.from_row(row) for row in rows]
+        if self.fill:
+            self.cache.put(user_id, entries)
+        return list(entries)
 
     async def add(self, user_id: str, content: str) -> None:
+        self.cache.forget(user_id)
         await self.db.execute(
             "INSERT INTO memory_entry (user_id, content, created_at) VALUES ($1, $2, $3)",
             user_id,
@@ -266,6 +300,7 @@ class MemoryTable:
 
     async def delete(self, user_id: str, entry_id: int | None) -> None:
         """Deletes one entry, or all of the user's with None."""
+        self.cache.forget(user_id)
         if entry_id is None:
             await self.db.execute("DELETE FROM memory_entry WHERE user_id=$1", user_id)
         else:

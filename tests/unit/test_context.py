@@ -59,9 +59,9 @@ async def test_history_is_trimmed_in_the_db_but_memory_and_prompt_are_not(world:
     context, store = world.parts.context, world.store
     await store.memory.add(room.owner, "m" * 200)
     for n in range(6):
-        await context.user_turn(store, ROOM, f"$e{n}", f"message {n} " + "x" * 30)
+        await store.turns.add_pending(ROOM, f"$e{n}", "user", f"message {n} " + "x" * 30)
         await store.turns.add_answered(ROOM, [(None, "assistant", "y" * 40)])
-    current = await context.user_turn(store, ROOM, "$now", "the newest message")
+    current = await store.turns.add_pending(ROOM, "$now", "user", "the newest message")
 
     request = await context.request_for(room, agent(limit=120), current, room.owner)
 
@@ -75,15 +75,6 @@ async def test_history_is_trimmed_in_the_db_but_memory_and_prompt_are_not(world:
     assert stored[-1].event_id == "$now"
     assert await store.turns.for_event(ROOM, "$e0") is None, "the oldest went first"
     assert await store.turns.for_event(ROOM, "$e5") is not None
-
-
-async def test_user_turn_is_recorded_once_per_event(world: World) -> None:
-    await world.add_room(ROOM)
-    first = await world.parts.context.user_turn(world.store, ROOM, "$same", "hello")
-    again = await world.parts.context.user_turn(world.store, ROOM, "$same", "hello")
-
-    assert first.id == again.id
-    assert len(await world.store.turns.of_room(ROOM)) == 1
 
 
 async def test_memory_belongs_to_the_owner_and_follows_the_share_flag(world: World) -> None:
@@ -106,7 +97,7 @@ async def test_memory_belongs_to_the_owner_and_follows_the_share_flag(world: Wor
 
 async def test_new_context_writes_the_binding_then_empties_the_history(world: World) -> None:
     room = await world.add_room(ROOM)
-    await world.parts.context.user_turn(world.store, ROOM, "$old", "old message")
+    await world.store.turns.add_pending(ROOM, "$old", "user", "old message")
 
     chat_id = await world.parts.context.start_new(room, "$clear", summary="we talked about tea")
 
