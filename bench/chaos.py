@@ -34,8 +34,9 @@ from typing import Any
 
 from attrs import define, field, frozen
 
+from tests.config import ROOT
 from tests.fakes.servers import Behavior, FakeOpenAI
-from tests.harness.deploy import ROOT, Deployment, deploy
+from tests.harness.deploy import Deployment, deploy
 from tests.harness.flows import onboard, room_links
 from tests.harness.matrix_user import MatrixUser
 from tests.harness.maubot_server import MaubotServer

@@ -68,7 +68,7 @@ async def _close(world: World) -> None:
 
 async def _drained(world: World, expected_sent: int) -> None:
     # Polling keeps the fake client plain; the overhead figure does not depend on it.
-    while len(world.fake.sent) < expected_sent or world.parts.queues.depth():  # noqa: ASYNC110
+    while len(world.fake.sent) < expected_sent or world.parts.queues.busy():  # noqa: ASYNC110
         await asyncio.sleep(0.0005)
 
 

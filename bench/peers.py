@@ -21,10 +21,11 @@ import subprocess
 import sys
 import tempfile
 import time
+import venv
 from pathlib import Path
 from typing import Any
 
-from tests.harness.deploy import ROOT
+from tests.config import ROOT
 from tests.harness.procs import port_is_free, stop_pid, tail
 
 SPECS = ("refs/refbot-floor.yaml", "agentspaces.yaml")
@@ -58,6 +59,23 @@ def free_ports(count: int) -> list[int]:
     return ports
 
 
+def stock_maubot_venv(peers_dir: Path) -> Path:
+    """A venv that runs the project's packages as a stock pip maubot has them: the dev venv
+    holds the encryption packages (for the encrypted-room tests), which this one hides, as the
+    floor's figures assume a maubot without crypto. The bench script sets PYTHONPATH itself, so
+    the hiding goes into a .pth file."""
+    path = peers_dir / "venv-stock"
+    if not (path / "bin" / "python").exists():
+        venv.EnvBuilder(with_pip=False).create(path)
+        project = (
+            ROOT / ".venv" / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}"
+        )
+        site = path / "lib" / project.name / "site-packages"
+        shim = ROOT / "tests" / "harness" / "nocrypto"
+        (site / "agentspaces-stock.pth").write_text(f"{shim}\n{project / 'site-packages'}\n")
+    return path
+
+
 def run_load(shared: Path, peers_dir: Path, name: str, args: tuple[str, ...]) -> dict[str, Any]:
     """One bench_peers.sh run; returns its results.json. Its progress goes to stderr."""
     bench_root = peers_dir / name
@@ -65,7 +83,7 @@ def run_load(shared: Path, peers_dir: Path, name: str, args: tuple[str, ...]) ->
     env = {
         **os.environ,
         "PROJECT_DIR": str(ROOT),
-        "BENCH_VENV": str(ROOT / ".venv"),
+        "BENCH_VENV": str(stock_maubot_venv(peers_dir)),
         "PEERS_DIR": str(peers_dir),
         "BENCH_ROOT": str(bench_root),
         "SYN_PORT": str(syn),

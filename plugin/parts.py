@@ -15,14 +15,18 @@ from .commands.memory import MemoryCommands
 from .commands.rooms import RoomCommands
 from .commands.router import CommandRouter
 from .conversation.agent_call import AgentCaller
+from .conversation.compaction import Compaction
 from .conversation.context import ContextManager
+from .conversation.delivery import Delivery
 from .conversation.intake import Intake
+from .conversation.pipeline import ShowChain
 from .conversation.queues import RoomQueues
 from .conversation.quota import Quota
 from .conversation.refusals import Refusals
 from .conversation.turn import TurnRunner
 from .conversation.typing import TypingNotices
 from .db import Store
+from .db.batch import GroupCommit
 from .matrix.creation import RoomCreator
 from .matrix.links import SpaceLinks
 from .matrix.outbox import Outbox, Transport
@@ -76,11 +80,26 @@ def build(
     refusals = Refusals(outbox, store)
     caller = AgentCaller(http, TypingNotices(client, log), metrics, settings)
     dispatch_log = log.getChild("dispatch")
+    delivery = Delivery(GroupCommit(store, dispatch_log), dispatch_log)
+    compaction = Compaction(store, context, caller, outbox, metrics, settings, dispatch_log)
     turns = TurnRunner(
-        store, context, quota, caller, refusals, outbox, metrics, settings, dispatch_log
+        store,
+        context,
+        quota,
+        caller,
+        refusals,
+        delivery,
+        compaction,
+        ShowChain(),
+        outbox,
+        metrics,
+        settings,
+        dispatch_log,
     )
     queues = RoomQueues(turns, dispatch_log)
-    intake = Intake(client.mxid, store, queues, quota, refusals, metrics, settings, dispatch_log)
+    intake = Intake(
+        client.mxid, store, queues, quota, refusals, delivery, metrics, settings, dispatch_log
+    )
     reconciler = Reconciler(client, store, record, links, log, membership.handle_invite)
     catch_up = CatchUp(client, store, outbox, intake, queues, quota, settings, log)
     startup = Startup(reconciler, catch_up, metrics, log)

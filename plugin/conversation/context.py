@@ -6,7 +6,6 @@ and needs no tokenizer. The system prompt and the memory are never trimmed; turn
 
 from __future__ import annotations
 
-import attrs
 from attrs import define, frozen
 
 from ..agents.base import AgentRequest, Turn
@@ -17,6 +16,8 @@ from ..ops.settings import AgentSettings
 from ..spaces.bindings import Bindings
 
 CHARS_PER_TOKEN = 4
+# The id of a turn not stored yet: after every stored one.
+UNSTORED = 2**62
 USER = "user"
 ASSISTANT = "assistant"
 # A compaction summary opens the new context as a system turn.
@@ -80,22 +81,30 @@ class ContextManager:
         self,
         room: RoomRow,
         agent: AgentSettings,
-        turn: TurnRow,
         sender: str,
-        text: str | None = None,
+        text: str,
+        event_id: str = "",
+        before: int | None = None,
+        pending: list[Turn] | None = None,
     ) -> AgentRequest:
-        """The request answering `turn` (or `text` after all turns), trimmed to the agent's limit.
+        """The request answering `text` after the room's turns, trimmed to the agent's limit:
+        all of them, or those before turn `before` (a retry), or those before the turn of
+        `event_id` when a restart answers that message again.
 
         Trimmed turns are deleted, so that the stored context is what the agent saw.
         """
         turns = await self.store.turns.of_room(room.room_id)
-        if text is None:
-            earlier = [t for t in turns if t.id < turn.id]
-            current = turn
-        else:
-            # A question about the whole context (compaction): `turn` is its newest turn.
-            earlier = turns
-            current = attrs.evolve(turn, role=USER, content=text)
+        if before is None and event_id:
+            before = next((t.id for t in turns if t.event_id == event_id), None)
+        earlier = turns if before is None else [t for t in turns if t.id < before]
+        # Answers still being shown and written down belong to the context already.
+        pending = pending or []
+        earlier += [
+            TurnRow(UNSTORED - len(pending) + n, room.room_id, None, t.role, t.content, True, 0)
+            for n, t in enumerate(pending)
+        ]
+        # The current message's turn is written with its answer, after the agent's reply.
+        current = TurnRow(before or UNSTORED, room.room_id, event_id, USER, text, False, 0)
         memory = await self.memory_for(room)
         system = system_prompt(agent, memory)
         kept, tokens = trim([*earlier, current], estimate_tokens(system), agent.max_context_tokens)
@@ -106,7 +115,7 @@ class ContextManager:
             chat_id=chat_id_of(room),
             room_id=room.room_id,
             sender=sender,
-            event_id=turn.event_id or "",
+            event_id=event_id,
             text=current.content,
             system_prompt=system,
             memory=tuple(memory),

@@ -1,14 +1,13 @@
 """What enters the per-room queues: the owner's messages (live and caught up), retries and
 compactions.
 
-A message is recorded as received before it is queued, so that it is answered once, even when
-the live handler and the startup catch-up both see it, and after a crash too: whatever the
-delivery state says was received and not answered is answered at the next start.
+A message is claimed before it is queued, so that it is answered once even when the live handler
+and the startup catch-up both see it, and recorded as received (in the background, see
+`delivery`), so that what was received and not answered is answered at the next start.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from logging import Logger
 
@@ -16,7 +15,7 @@ from attrs import define, field
 from mautrix.types import MessageEvent, MessageType
 
 from ..db import Store
-from ..db.rows import ACTIVE, ANSWERED, RECEIVED, RoomRow
+from ..db.rows import ACTIVE, RoomRow
 from ..errors import UsageError
 from ..matrix.replies import ReplyTarget, message_text
 from ..ops import access
@@ -24,6 +23,7 @@ from ..ops.locks import KeyedLocks
 from ..ops.metrics import Metrics
 from ..ops.settings import Settings
 from .context import USER
+from .delivery import Delivery
 from .queues import COMPACT, MESSAGE, RETRY, Job, RoomQueues
 from .quota import Quota
 from .refusals import Refusals, these
@@ -53,7 +53,6 @@ def job_of(
     evt: MessageEvent,
     over_quota: bool = False,
     resume: list[str] | None = None,
-    fresh: bool = False,
 ) -> Job:
     return Job(
         MESSAGE,
@@ -63,7 +62,6 @@ def job_of(
         message_text(evt),
         over_quota=over_quota,
         resume=resume or [],
-        fresh=fresh,
     )
 
 
@@ -74,6 +72,7 @@ class Intake:
     queues: RoomQueues
     quota: Quota
     refusals: Refusals
+    delivery: Delivery
     metrics: Metrics
     settings: Callable[[], Settings]
     log: Logger
@@ -87,9 +86,11 @@ class Intake:
         self._running = True
 
     async def stop(self) -> None:
-        """Stops the queues. What they did not answer is answered at the next start."""
+        """Stops the queues, and writes down what arrived. What was not answered is answered at
+        the next start."""
         self._running = False
         await self.queues.stop()
+        await self.delivery.drain()
 
     def caught_up(self, room_id: str) -> None:
         self._caught_up.add(room_id)
@@ -103,8 +104,9 @@ class Intake:
             room = await self.store.rooms.get(evt.room_id)
             if room is None or not is_agent_message(evt, room, self.settings()):
                 return
-            if not await self._record(evt):
+            if not self.queues.claim(evt.event_id):
                 return
+            self.delivery.received(evt, move_cursor=evt.room_id in self._caught_up)
             self.metrics.message_in()
             if not self._running:
                 # Stopping: recorded only, and answered at the next start.
@@ -114,19 +116,10 @@ class Intake:
                 await self._refuse_pending(evt, limit)
                 return
             over_quota = not self.quota.admit_message(evt.sender, evt.timestamp / 1000)
-            self.queues.enqueue(job_of(evt, over_quota, fresh=True))
-
-    async def _record(self, evt: MessageEvent) -> bool:
-        content = json.dumps(evt.content.serialize())
-        async with self.store.transaction() as tx:
-            added = await tx.messages.add(
-                evt.event_id, evt.room_id, evt.sender, evt.timestamp, content, RECEIVED
-            )
-            if added and evt.room_id in self._caught_up:
-                await tx.rooms.set_cursor(evt.room_id, evt.event_id, evt.timestamp)
-        return added
+            self.queues.enqueue(job_of(evt, over_quota))
 
     async def _refuse_pending(self, evt: MessageEvent, limit: int) -> None:
+        job = job_of(evt)
         await self.refusals.refuse(
             ReplyTarget.of(evt),
             "pending",
@@ -135,7 +128,7 @@ class Intake:
                 f"{these(n)} did not go to the agent. Send it again once the answers arrived."
             ),
         )
-        await self.store.messages.set_state(evt.event_id, ANSWERED)
+        await self.delivery.settled(job)
 
     async def retry(self, room: RoomRow, evt: MessageEvent) -> None:
         """Queues the last unanswered user turn again, or the last one if all have answers."""

@@ -16,6 +16,9 @@ from attrs import define, field
 from mautrix.types import MessageEvent
 
 MESSAGE = "message"
+# Messages remembered as claimed in this run; the oldest are forgotten first (by then they are
+# answered, and their delivery state says so).
+MAX_CLAIMED = 100_000
 RETRY = "retry"
 COMPACT = "compact"
 
@@ -34,8 +37,6 @@ class Job:
     over_quota: bool = False
     # The parts of an interrupted reply to this message, to edit into the complete answer.
     resume: list[str] = field(factory=list)
-    # Recorded by the live handler in this run: it has no turn in the context yet.
-    fresh: bool = False
 
 
 class Runner(Protocol):
@@ -43,6 +44,14 @@ class Runner(Protocol):
 
     async def failed(self, job: Job, error: Exception) -> None:
         """An unexpected error ended the job: tell the room, so nothing fails in silence."""
+        ...
+
+    async def stop(self) -> None:
+        """Stops what the runner still does after its jobs (answers being shown)."""
+        ...
+
+    def busy(self) -> bool:
+        """Whether the runner still shows answers of jobs it finished."""
         ...
 
 
@@ -54,6 +63,7 @@ class RoomQueues:
     _workers: dict[str, asyncio.Task[None]] = field(init=False, factory=dict)
     _holding: bool = field(init=False, default=False)
     _released: set[str] = field(init=False, factory=set)
+    _claimed: dict[str, None] = field(init=False, factory=dict)
 
     def hold_all(self) -> None:
         """Holds every room until `release` (the catch-up of that room is done)."""
@@ -80,14 +90,28 @@ class RoomQueues:
         self._queues.setdefault(room_id, deque()).extendleft(reversed(jobs))
         self._wake(room_id)
 
-    def has(self, event_id: str) -> bool:
-        return any(job.event.event_id == event_id for q in self._queues.values() for job in q)
+    def claim(self, event_id: str) -> bool:
+        """Claims a message for this run: False if it was queued before, by the live handler
+        or the catch-up, so that each is answered once."""
+        if event_id in self._claimed:
+            return False
+        self._claimed[event_id] = None
+        if len(self._claimed) > MAX_CLAIMED:
+            del self._claimed[next(iter(self._claimed))]
+        return True
+
+    def claimed(self, event_id: str) -> bool:
+        return event_id in self._claimed
 
     def pending(self, room_id: str) -> list[Job]:
         return list(self._queues.get(room_id, ()))
 
     def depth(self) -> int:
         return sum(len(queue) for queue in self._queues.values())
+
+    def busy(self) -> bool:
+        """Whether anything is queued, or still being answered."""
+        return bool(self._queues) or self.runner.busy()
 
     async def stop(self) -> None:
         """Cancels the workers. What was not answered stays in the delivery state, for the next
@@ -96,6 +120,7 @@ class RoomQueues:
         for task in workers:
             task.cancel()
         await asyncio.gather(*workers, return_exceptions=True)
+        await self.runner.stop()
         self._queues.clear()
 
     def _wake(self, room_id: str) -> None:

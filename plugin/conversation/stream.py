@@ -38,6 +38,7 @@ class ReplyStream:
         target: ReplyTarget,
         settings: Settings,
         resume: list[str] | None = None,
+        after: asyncio.Future[None] | None = None,
     ) -> None:
         self.outbox = outbox
         self.target = target
@@ -45,6 +46,8 @@ class ReplyStream:
         self.max_edits = settings.max_edits
         self.parts: list[Part] = [Part()]
         self._reuse = list(resume or [])
+        # The room's previous answer: nothing of this one is shown before it is.
+        self._after = after
         self.deltas = 0
         self.edits = 0
         self.started = time.monotonic()
@@ -81,6 +84,7 @@ class ReplyStream:
     async def finish(self) -> None:
         """Shows the whole answer, final; raises a Matrix error if it cannot be shown."""
         await self._stop_flusher()
+        await self._wait_for_previous()
         if len(self.parts) > 1 and not self.parts[-1].text.strip():
             # The answer ended where a part did: that part is the last one after all.
             self.parts[-2].text += self.parts.pop().text
@@ -90,6 +94,7 @@ class ReplyStream:
     async def fail(self, notice: str) -> None:
         """Tells the room; a partly shown reply is closed with the notice under it."""
         await self._stop_flusher()
+        await self._wait_for_previous()
         if not any(part.event_id for part in self.parts) and not self._reuse:
             content = render(notice, NOTICE)
             content[FAILED_KEY] = True
@@ -112,8 +117,14 @@ class ReplyStream:
         if self._error is not None:
             raise self._error
 
+    async def _wait_for_previous(self) -> None:
+        if self._after is not None:
+            await asyncio.gather(self._after, return_exceptions=True)
+            self._after = None
+
     async def _flush_loop(self) -> None:
         try:
+            await self._wait_for_previous()
             while True:
                 await self._wake.wait()
                 self._wake.clear()

@@ -1,31 +1,35 @@
 """The turn: answering one queued job (a message, a retry or a compaction) in its room.
 
-A message moves through its delivery state here: answering once its turn is taken, answered
-once its final answer (or a final notice) is in Matrix, in the same transaction as the answer's
-turn. A crash anywhere leaves a state the next start completes (see `startup.catchup`).
+A message moves through its delivery state here (see `delivery`): answering once it is taken,
+answered once its final answer, or a final notice, is in Matrix. A crash anywhere leaves a state
+that the next start completes (see `startup.catchup`).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from functools import partial
 from logging import Logger
 
 from attrs import define
 from mautrix.errors import MatrixError
 
-from ..agents.base import BackendError
+from ..agents.base import BackendError, Turn
 from ..db import Store
-from ..db.rows import ACTIVE, ANSWERED, ANSWERING, RoomRow, TurnRow, now_ms
+from ..db.rows import ACTIVE, RoomRow
 from ..matrix.outbox import Outbox
 from ..matrix.replies import ReplyTarget
 from ..ops import access
 from ..ops.metrics import Metrics
-from ..ops.settings import AgentSettings, Settings
+from ..ops.settings import Settings
 from .agent_call import AgentCaller
-from .context import ASSISTANT, COMPACT_PROMPT, USER, ContextManager, estimate_tokens
+from .compaction import Compaction, agent_failed
+from .context import ASSISTANT, USER, ContextManager, estimate_tokens
+from .delivery import Delivery
+from .pipeline import ShowChain
 from .queues import COMPACT, MESSAGE, RETRY, Job
-from .quota import Quota, today
+from .quota import Quota
 from .refusals import Refusals, these
 from .stream import ReplyStream
 
@@ -41,6 +45,9 @@ class TurnRunner:
     quota: Quota
     caller: AgentCaller
     refusals: Refusals
+    delivery: Delivery
+    compaction: Compaction
+    chain: ShowChain
     outbox: Outbox
     metrics: Metrics
     settings: Callable[[], Settings]
@@ -84,31 +91,39 @@ class TurnRunner:
                 f"⚠️ Something went wrong while handling this. Your message is kept; send "
                 f"`!{prefix} retry` to try again.",
             )
-            await self._settle(job)
+            await self.delivery.settled(job)
         except Exception as e:
             self.log.warning(f"Could not tell {job.room_id} about the failure: {e}")
+
+    async def stop(self) -> None:
+        await self.chain.stop()
+
+    def busy(self) -> bool:
+        return self.chain.busy()
 
     async def _run_once(self, job: Job) -> None:
         room = await self.store.rooms.get(job.room_id)
         settings = self.settings()
+        if job.kind != MESSAGE:
+            # A retry or a compaction works on the context as written down.
+            await self.chain.settle(job.room_id)
         if room is None or room.state != ACTIVE:
             # The room is not managed any more: nothing can be answered there.
-            await self._settle(job)
+            await self.delivery.settled(job)
         elif job.kind == MESSAGE:
             await self._answer_message(job, room, settings)
         elif job.kind == RETRY:
             await self._answer_retry(job, room, settings)
         elif job.kind == COMPACT:
-            await self._compact(job, room, settings)
-
-    async def _settle(self, job: Job) -> None:
-        """The message is answered: a notice said why it did not go to the agent."""
-        if job.kind == MESSAGE:
-            await self.store.messages.set_state(job.event.event_id, ANSWERED)
+            await self.compaction.run(job, room, settings)
 
     async def _answer_message(self, job: Job, room: RoomRow, settings: Settings) -> None:
         target = ReplyTarget.of(job.event)
-        if not access.is_allowed(settings, room.owner):
+        allowed = access.is_allowed(settings, room.owner)
+        if not allowed or job.over_quota:
+            # A notice comes after the answers before it.
+            await self.chain.settle(job.room_id)
+        if not allowed:
             await self.refusals.revoked(target, room.owner)
         elif job.over_quota:
             limit = settings.messages_per_minute
@@ -121,20 +136,10 @@ class TurnRunner:
                 ),
             )
         else:
-            await self._answer(job, room, await self._take_turn(job), target, settings)
+            self.delivery.answering(job.event.event_id)
+            await self._answer(job, room, target, settings)
             return
-        await self._settle(job)
-
-    async def _take_turn(self, job: Job) -> TurnRow:
-        """The message is being answered: its turn enters the context (once: a message answered
-        again after a restart has one already), and its state says so. No transaction: a crash
-        between the two leaves a turn that the next try takes over."""
-        event_id, room_id = job.event.event_id, job.room_id
-        turn = None if job.fresh else await self.store.turns.for_event(room_id, event_id)
-        if turn is None:
-            turn = await self.store.turns.add_pending(room_id, event_id, USER, job.text)
-        await self.store.messages.set_state(event_id, ANSWERING)
-        return turn
+        await self.delivery.settled(job)
 
     async def _answer_retry(self, job: Job, room: RoomRow, settings: Settings) -> None:
         turns = await self.store.turns.of_room(room.room_id)
@@ -150,17 +155,99 @@ class TurnRunner:
             async with self.store.transaction() as tx:
                 await tx.turns.delete_after(room.room_id, turn.id)
                 await tx.turns.set_answered(turn.id, False)
+        job.text = turn.content
         target = ReplyTarget.of(job.event, turn.event_id or job.event.event_id)
-        await self._answer(job, room, turn, target, settings)
+        await self._answer(job, room, target, settings, turn.event_id or "")
 
     async def _answer(
-        self, job: Job, room: RoomRow, turn: TurnRow, target: ReplyTarget, settings: Settings
+        self,
+        job: Job,
+        room: RoomRow,
+        target: ReplyTarget,
+        settings: Settings,
+        event_id: str | None = None,
     ) -> None:
-        agent = await self._agent_or_notice(room, target, settings)
-        if agent is None:
-            await self._settle(job)
+        agent = settings.agents.get(room.agent_id)
+        if settings.daily_tokens > 0:
+            # The allowance counts what the answers before used: they are written down first.
+            await self.chain.settle(job.room_id)
+        if agent is None or await self.quota.tokens_exhausted(room.owner):
+            await self.chain.settle(job.room_id)
+            await self._not_answered(job, room, target, settings)
             return
-        if await self.quota.tokens_exhausted(room.owner):
+        request = await self.context.request_for(
+            room,
+            agent,
+            job.sender,
+            job.text,
+            job.event.event_id if event_id is None else event_id,
+            before=job.turn_id,
+            pending=self.chain.pending_turns(job.room_id),
+        )
+        stream = ReplyStream(
+            self.outbox, target, settings, resume=job.resume, after=self.chain.last(job.room_id)
+        )
+        stream.start()
+        try:
+            text = await self.caller.call(agent, request, settings, stream)
+        except BackendError as e:
+            agent_failed(self.metrics, self.log, agent, room.room_id, e)
+            notice = (
+                f"⚠️ {agent.name} failed: {e.describe()}. Your message is kept; "
+                f"send `!{settings.command_prefix} retry` to try again."
+            )
+            self.chain.then(job.room_id, partial(self._show_failure, job, room, stream, notice), [])
+            return
+        except BaseException:
+            # A Matrix failure, or a stop: what was shown is taken over by the next try.
+            job.resume = stream.part_ids()
+            await stream.close()
+            raise
+        tokens = request.context_tokens + estimate_tokens(text)
+        exchange = [Turn(USER, job.text), Turn(ASSISTANT, text)]
+        show = partial(self._show_answer, job, room, stream, text, tokens)
+        self.chain.then(job.room_id, show, exchange)
+
+    async def _show_answer(
+        self, job: Job, room: RoomRow, stream: ReplyStream, text: str, tokens: int
+    ) -> None:
+        """The answer's last edit, then the answer written down, after the room's previous
+        answer; Matrix failures are waited out, and past that, the next start answers it."""
+        if await self._matrix_retried(job, stream.finish):
+            await self.delivery.answered(job, room, text, stream.part_ids()[-1], tokens)
+
+    async def _show_failure(
+        self, job: Job, room: RoomRow, stream: ReplyStream, notice: str
+    ) -> None:
+        if await self._matrix_retried(job, partial(stream.fail, notice)):
+            await self.delivery.kept(job, room)
+
+    async def _matrix_retried(self, job: Job, show: Callable[[], Awaitable[None]]) -> bool:
+        for wait in (*MATRIX_RETRY_WAITS, None):
+            try:
+                await show()
+                return True
+            except MatrixError as e:
+                if wait is None:
+                    await self._gave_up(job, e)
+                    return False
+                self.log.warning(f"Matrix failed in {job.room_id} ({e}); trying again in {wait} s")
+                await asyncio.sleep(wait)
+        return False
+
+    async def _not_answered(
+        self, job: Job, room: RoomRow, target: ReplyTarget, settings: Settings
+    ) -> None:
+        """The agent is not configured any more, or the day's tokens are used: a notice, and
+        the message kept for a retry."""
+        if room.agent_id not in settings.agents:
+            await self.outbox.reply(
+                target,
+                f"This room's agent `{room.agent_id}` is not configured any more, so your message "
+                f"did not go to an agent. It is kept: once an admin adds the agent back, "
+                f"send `!{settings.command_prefix} retry`.",
+            )
+        else:
             limit, prefix = settings.daily_tokens, settings.command_prefix
             await self.refusals.refuse(
                 target,
@@ -170,82 +257,4 @@ class TurnRunner:
                     f"go to the agent. It is kept: send `!{prefix} retry` tomorrow (UTC)."
                 ),
             )
-            await self._settle(job)
-            return
-        request = await self.context.request_for(room, agent, turn, job.sender)
-        stream = ReplyStream(self.outbox, target, settings, resume=job.resume)
-        stream.start()
-        try:
-            text = await self.caller.call(agent, request, settings, stream)
-            await stream.finish()
-        except BackendError as e:
-            self._failed(agent, room.room_id, e)
-            await stream.fail(
-                f"⚠️ {agent.name} failed: {e.describe()}. Your message is kept; "
-                f"send `!{settings.command_prefix} retry` to try again."
-            )
-            await self._settle(job)
-            return
-        except BaseException:
-            # A Matrix failure, or a stop: what was shown is taken over by the next try.
-            job.resume = stream.part_ids()
-            await stream.close()
-            raise
-        await self._answered(job, room, turn, text, stream, request.context_tokens)
-
-    async def _answered(
-        self, job: Job, room: RoomRow, turn: TurnRow, text: str, stream: ReplyStream, used: int
-    ) -> None:
-        async with self.store.transaction() as tx:
-            await tx.turns.add_answered(room.room_id, [(None, ASSISTANT, text)])
-            await tx.turns.set_answered(turn.id, True)
-            if job.kind == MESSAGE:
-                await tx.messages.set_state(job.event.event_id, ANSWERED)
-                # The answer is the newest event the bot knows of in the room.
-                await tx.rooms.set_cursor(room.room_id, stream.part_ids()[-1], now_ms())
-            await tx.usage.add(room.owner, today(), 1, used + estimate_tokens(text))
-
-    async def _agent_or_notice(
-        self, room: RoomRow, target: ReplyTarget, settings: Settings
-    ) -> AgentSettings | None:
-        agent = settings.agents.get(room.agent_id)
-        if agent is None:
-            await self.outbox.reply(
-                target,
-                f"This room's agent `{room.agent_id}` is not configured any more, so your message "
-                f"did not go to an agent. It is kept: once an admin adds the agent back, "
-                f"send `!{settings.command_prefix} retry`.",
-            )
-        return agent
-
-    async def _compact(self, job: Job, room: RoomRow, settings: Settings) -> None:
-        target = ReplyTarget.of(job.event)
-        agent = settings.agents.get(room.agent_id)
-        turns = await self.store.turns.of_room(room.room_id)
-        if agent is None or not turns:
-            await self.outbox.reply(target, "Nothing to compact.")
-            return
-        request = await self.context.request_for(
-            room, agent, turns[-1], job.sender, text=COMPACT_PROMPT
-        )
-        try:
-            summary = await self.caller.call(agent, request, settings, None)
-        except BackendError as e:
-            self._failed(agent, room.room_id, e)
-            await self.outbox.reply(
-                target,
-                f"⚠️ The context was not compacted because {agent.name} failed: {e.describe()}. "
-                f"It is unchanged; send "
-                f"`!{settings.command_prefix} context compact` to try again.",
-            )
-            return
-        chat_id = await self.context.start_new(room, job.event.event_id, summary)
-        await self.outbox.reply(
-            target,
-            f"Context compacted: {len(turns)} turns became this summary, the first turn of a new "
-            f"context (chat `{chat_id[:8]}`).\n\n{summary}",
-        )
-
-    def _failed(self, agent: AgentSettings, room_id: str, error: BackendError) -> None:
-        self.log.warning(f"Agent {agent.id} failed in {room_id}: {error.describe()}")
-        self.metrics.error(f"backend_{error.kind}", error.describe(), agent_id=agent.id)
+        await self.delivery.kept(job, room)

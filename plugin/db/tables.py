@@ -59,6 +59,7 @@ _USER_UPSERT_UNCHANGED = (
     "WHERE agent_user.updated_at <= $4"
 )
 _MESSAGE_COLUMNS = MessageRow.columns()
+USER_ROLE = "user"
 
 
 class UserTable:
@@ -250,6 +251,30 @@ class TurnTable:
     async def has_any(self, room_id: str) -> bool:
         return bool(
             await self.db.fetchval("SELECT 1 FROM context_turn WHERE room_id=$1 LIMIT 1", room_id)
+        )
+
+    async def add_user_turn(
+        self, room_id: str, event_id: str, content: str, answered: bool
+    ) -> None:
+        """The turn of a user message, once: a message answered again after a restart may have
+        one already, which then takes the new state."""
+        await self.db.execute(
+            "UPDATE context_turn SET answered=$3 WHERE room_id=$1 AND event_id=$2 AND role=$4",
+            room_id,
+            event_id,
+            answered,
+            USER_ROLE,
+        )
+        await self.db.execute(
+            "INSERT INTO context_turn (room_id, event_id, role, content, answered, created_at) "
+            "SELECT $1, $2, $5, $3, $4, $6 WHERE NOT EXISTS (SELECT 1 FROM context_turn "
+            "WHERE room_id=$1 AND event_id=$2 AND role=$5)",
+            room_id,
+            event_id,
+            content,
+            answered,
+            USER_ROLE,
+            now_ms(),
         )
 
     async def set_answered(self, turn_id: int, answered: bool) -> None:

@@ -9,6 +9,7 @@ escaped (mautrix's renderer does that), images are shown as links rather than em
 from __future__ import annotations
 
 import json
+import re
 from html import escape
 from typing import Any
 
@@ -88,10 +89,14 @@ def markdown_html(text: str) -> str:
     return SafeRenderer().render(_parser.parse(text))
 
 
+# Text without any of these renders as one plain paragraph: no need to run the parser.
+_MARKUP = re.compile(r"[\\`*_\[\]()<>#!~|&\n]|^\s*[-+>0-9]|^(?: {4}|\t)|https?:|mailto:|www\.")
+
+
 def render(text: str, msgtype: str, streaming: bool = False) -> dict[str, Any]:
     content: dict[str, Any] = {"msgtype": msgtype, "body": text}
-    html = markdown_html(text).strip()
-    if html != f"<p>{escape(text, quote=False)}</p>":
+    html = markdown_html(text).strip() if _MARKUP.search(text) else ""
+    if html and html != f"<p>{escape(text, quote=False)}</p>":
         content["format"] = "org.matrix.custom.html"
         content["formatted_body"] = html
     if streaming:

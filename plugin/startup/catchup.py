@@ -155,7 +155,7 @@ class CatchUp:
         states = {row.event_id: row.state for row in pending}
         states.update(await self.store.messages.states([evt.event_id for evt in in_timeline]))
         backlog = plan_backlog(
-            found, timeline, states, self.queues.has, self.quota.admit_message, settings, now
+            found, timeline, states, self.queues.claimed, self.quota.admit_message, settings, now
         )
         await self._apply(room, backlog, timeline, report)
         if rebuild:
@@ -182,7 +182,12 @@ class CatchUp:
             for event_id in skipped:
                 await self.store.messages.set_state(event_id, ANSWERED)
             report.skipped += len(skipped)
-        jobs = [job_of(evt, resume=resume) for evt, resume in backlog.answer]
+        # Claimed only now: what the live handler claimed meanwhile is queued already.
+        jobs = [
+            job_of(evt, resume=resume)
+            for evt, resume in backlog.answer
+            if self.queues.claim(evt.event_id)
+        ]
         self.queues.enqueue_first(room.room_id, jobs)
         report.answered += len(jobs)
         report.resumed += sum(bool(job.resume) for job in jobs)

@@ -122,7 +122,7 @@ class World:
     async def settle(self, timeout: float = 5) -> None:
         """Waits until every room's queue is answered."""
         deadline = time.monotonic() + timeout
-        while self.parts.queues.depth():
+        while self.parts.queues.busy():
             assert time.monotonic() < deadline, "the queues did not drain"
             await asyncio.sleep(0.01)
 

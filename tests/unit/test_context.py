@@ -61,18 +61,18 @@ async def test_history_is_trimmed_in_the_db_but_memory_and_prompt_are_not(world:
     for n in range(6):
         await store.turns.add_pending(ROOM, f"$e{n}", "user", f"message {n} " + "x" * 30)
         await store.turns.add_answered(ROOM, [(None, "assistant", "y" * 40)])
-    current = await store.turns.add_pending(ROOM, "$now", "user", "the newest message")
+    request = await context.request_for(
+        room, agent(limit=120), room.owner, "the newest message", "$now"
+    )
 
-    request = await context.request_for(room, agent(limit=120), current, room.owner)
-
-    assert request.text == "the newest message"
+    assert request.text == "the newest message" and request.event_id == "$now"
     assert "m" * 200 in request.system_prompt
     assert request.memory == ("m" * 200,)
     assert request.context_tokens <= 120
     assert 0 < len(request.history) < 12
+    # The newest message's turn is written with its answer; the trimmed ones leave the DB.
     stored = await store.turns.of_room(ROOM)
-    assert len(stored) == len(request.history) + 1, "trimmed turns leave the DB"
-    assert stored[-1].event_id == "$now"
+    assert len(stored) == len(request.history), "trimmed turns leave the DB"
     assert await store.turns.for_event(ROOM, "$e0") is None, "the oldest went first"
     assert await store.turns.for_event(ROOM, "$e5") is not None
 

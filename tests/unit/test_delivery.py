@@ -74,7 +74,7 @@ async def run_until_done_or_dead(world: World, room_id: str, crash: CrashAt) -> 
         for evt in events:
             await world.parts.intake.on_message(evt)
         deadline = asyncio.get_running_loop().time() + 10
-        while world.parts.queues.depth() and not crash.dead:
+        while world.parts.queues.busy() and not crash.dead:
             assert asyncio.get_running_loop().time() < deadline, "the answers never finished"
             await asyncio.sleep(0.01)
     except Crash:

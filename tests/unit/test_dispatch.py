@@ -323,6 +323,7 @@ async def test_stop_leaves_what_was_not_answered_to_the_next_start(
 
     await world.parts.intake.stop()
     late = await world.say(ROOM, "arrives while stopping")
+    await world.parts.intake.delivery.drain()
 
     for evt in [*events, late]:
         row = await world.store.messages.get(evt.event_id)

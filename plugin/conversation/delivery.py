@@ -1,0 +1,101 @@
+"""The delivery state of each message, written as it moves: received, answering, answered.
+
+Received and answering are written in the background, in group commits (`db.batch`), so that
+no database round trip stands between a message and its agent; answered is written once the
+final answer, or a final notice, is in Matrix, with the answer's turns, and waited for, so that
+the room's next message sees them. The writes keep their order: a crash loses only the newest,
+and the catch-up finds from the timeline what they would have said.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from logging import Logger
+
+from attrs import define
+from mautrix.types import MessageEvent
+
+from ..db import Store
+from ..db.batch import GroupCommit
+from ..db.rows import ANSWERED, ANSWERING, RECEIVED, RoomRow, now_ms
+from .context import ASSISTANT
+from .queues import MESSAGE, Job
+from .quota import today
+
+
+@define(eq=False)
+class Delivery:
+    batch: GroupCommit
+    log: Logger
+
+    def received(self, evt: MessageEvent, move_cursor: bool) -> None:
+        content = json.dumps(evt.content.serialize())
+
+        async def write(tx: Store) -> None:
+            added = await tx.messages.add(
+                evt.event_id, evt.room_id, evt.sender, evt.timestamp, content, RECEIVED
+            )
+            if added and move_cursor:
+                await tx.rooms.set_cursor(evt.room_id, evt.event_id, evt.timestamp)
+
+        self._background(self.batch.add(write))
+
+    def answering(self, event_id: str) -> None:
+        async def write(tx: Store) -> None:
+            await tx.messages.set_state(event_id, ANSWERING)
+
+        self._background(self.batch.add(write))
+
+    async def answered(
+        self, job: Job, room: RoomRow, answer: str, newest_event: str, tokens: int
+    ) -> None:
+        """The agent's answer is in Matrix: the exchange enters the context, the message is
+        answered, and the room's cursor is the answer."""
+        event_id = job.event.event_id
+
+        async def write(tx: Store) -> None:
+            if job.kind == MESSAGE:
+                await tx.turns.add_user_turn(room.room_id, event_id, job.text, True)
+                await tx.messages.set_state(event_id, ANSWERED)
+                await tx.rooms.set_cursor(room.room_id, newest_event, now_ms())
+            elif job.turn_id is not None:
+                await tx.turns.set_answered(job.turn_id, True)
+            await tx.turns.add_answered(room.room_id, [(None, ASSISTANT, answer)])
+            await tx.usage.add(room.owner, today(), 1, tokens)
+
+        await self.batch.write(write)
+
+    async def kept(self, job: Job, room: RoomRow) -> None:
+        """A notice said why the agent did not answer (it failed, it is not configured, the
+        day's tokens are used): the message is answered, and kept in the context for a retry."""
+        event_id = job.event.event_id
+
+        async def write(tx: Store) -> None:
+            if job.kind == MESSAGE:
+                await tx.turns.add_user_turn(room.room_id, event_id, job.text, False)
+                await tx.messages.set_state(event_id, ANSWERED)
+
+        await self.batch.write(write)
+
+    async def settled(self, job: Job) -> None:
+        """A notice said why the message did not go to the agent: it is answered, and stays out
+        of the context (sending it again is how to get an answer)."""
+        if job.kind != MESSAGE:
+            return
+        event_id = job.event.event_id
+
+        async def write(tx: Store) -> None:
+            await tx.messages.set_state(event_id, ANSWERED)
+
+        await self.batch.write(write)
+
+    async def drain(self) -> None:
+        await self.batch.drain()
+
+    def _background(self, done: asyncio.Future[None]) -> None:
+        def report(future: asyncio.Future[None]) -> None:
+            if not future.cancelled() and future.exception() is not None:
+                self.log.error(f"A delivery state write failed: {future.exception()}")
+
+        done.add_done_callback(report)
