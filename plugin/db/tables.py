@@ -59,6 +59,18 @@ _USER_UPSERT_UNCHANGED = (
     "WHERE agent_user.updated_at <= $4"
 )
 _MESSAGE_COLUMNS = MessageRow.columns()
+_ROOM_MATCHES = (
+    "(LOWER(room_id) LIKE $1 ESCAPE '\\' OR LOWER(title) LIKE $1 ESCAPE '\\' "
+    "OR LOWER(owner) LIKE $1 ESCAPE '\\')"
+)
+
+
+def like(search: str) -> str:
+    """A LIKE pattern that finds `search` anywhere, case-insensitively, as plain text."""
+    escaped = search.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
 USER_ROLE = "user"
 
 
@@ -89,6 +101,30 @@ class UserTable:
         """Upserts users, except those the plugin changed after `since`."""
         now = now_ms()
         await self.db.executemany(_USER_UPSERT_UNCHANGED, [(u, s, now, since) for u, s in users])
+
+    async def count(self) -> int:
+        return int(await self.db.fetchval("SELECT COUNT(*) FROM agent_user"))
+
+    async def page(self, search: str, offset: int, limit: int) -> list[tuple[UserRow, int]]:
+        """Users whose id contains `search`, by id, each with their number of active rooms."""
+        rows = await self.db.fetch(
+            f"SELECT {_USER_COLUMNS}, (SELECT COUNT(*) FROM room r WHERE r.owner=u.user_id "
+            "AND r.state=$4) AS active_rooms FROM agent_user u "
+            f"WHERE LOWER(u.user_id) LIKE $1 ESCAPE '\\' ORDER BY u.user_id LIMIT $2 OFFSET $3",
+            like(search),
+            limit,
+            offset,
+            ACTIVE,
+        )
+        return [(UserRow.from_row(row), int(row["active_rooms"])) for row in rows]
+
+    async def count_matching(self, search: str) -> int:
+        return int(
+            await self.db.fetchval(
+                "SELECT COUNT(*) FROM agent_user WHERE LOWER(user_id) LIKE $1 ESCAPE '\\'",
+                like(search),
+            )
+        )
 
     async def told_revoked(self) -> list[str]:
         """The users who were told that their access was withdrawn."""
@@ -174,6 +210,26 @@ class RoomTable:
             state,
             moved_to,
             now_ms(),
+        )
+
+    async def count_by_state(self) -> dict[str, int]:
+        rows = await self.db.fetch("SELECT state, COUNT(*) AS n FROM room GROUP BY state")
+        return {row["state"]: int(row["n"]) for row in rows}
+
+    async def page(self, search: str, offset: int, limit: int) -> list[RoomRow]:
+        """Rooms whose id, title or owner contains `search`, by room id."""
+        rows = await self.db.fetch(
+            f"SELECT {_ROOM_COLUMNS} FROM room WHERE {_ROOM_MATCHES} "
+            "ORDER BY room_id LIMIT $2 OFFSET $3",
+            like(search),
+            limit,
+            offset,
+        )
+        return [RoomRow.from_row(row) for row in rows]
+
+    async def count_matching(self, search: str) -> int:
+        return int(
+            await self.db.fetchval(f"SELECT COUNT(*) FROM room WHERE {_ROOM_MATCHES}", like(search))
         )
 
     async def count_of_owner(self, owner: str) -> int:

@@ -11,19 +11,29 @@ import hmac
 import time
 from collections.abc import Awaitable, Callable
 from html import escape
+from urllib.parse import urlencode
 
 from aiohttp import web
 from attrs import define
 from maubot.handlers import web as handlers
 
 from ..db import Store
-from ..db.rows import ACTIVE, RoomRow
 from ..startup.reconcile import ReconcileReport
 from .metrics import Metrics
 from .settings import Settings
+from .status_html import (
+    PAGE,
+    PAGE_ROWS,
+    definition_list,
+    pager,
+    room_cells,
+    search_form,
+    table,
+    when,
+)
 
 PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-MAX_ROWS = 500
+MAX_SEARCH = 200
 _SECURITY_HEADERS = {
     "Cache-Control": "no-store",
     "X-Content-Type-Options": "nosniff",
@@ -71,61 +81,68 @@ class StatusPages:
         return await self._guarded(request, self._status)
 
     async def _guarded(
-        self, request: web.Request, page: Callable[[], Awaitable[web.Response]]
+        self, request: web.Request, page: Callable[[web.Request], Awaitable[web.Response]]
     ) -> web.Response:
         if not authorized(request, self.settings().web_token):
             return unauthorized()
-        return await page()
+        return await page(request)
 
-    async def _metrics(self) -> web.Response:
+    async def _metrics(self, request: web.Request) -> web.Response:
         body = self.metrics.render(self.queue_depth())
         return web.Response(
             body=body.encode(), headers={"Content-Type": PROMETHEUS_TYPE, **_SECURITY_HEADERS}
         )
 
-    async def _status(self) -> web.Response:
-        html = await self.render_status()
+    async def _status(self, request: web.Request) -> web.Response:
+        search = request.query.get("q", "").strip()[:MAX_SEARCH]
+        try:
+            page = max(1, int(request.query.get("page", "1")))
+        except ValueError:
+            page = 1
+        html = await self.render_status(search, page, _carried(request))
         return web.Response(
             text=html, content_type="text/html", charset="utf-8", headers=_SECURITY_HEADERS
         )
 
-    async def render_status(self) -> str:
-        users = await self.store.users.all()
-        rooms = await self.store.rooms.all()
-        rooms_by_owner: dict[str, int] = {}
-        for room in rooms:
-            if room.state == ACTIVE:
-                rooms_by_owner[room.owner] = rooms_by_owner.get(room.owner, 0) + 1
-        user_rows = [
-            (user.user_id, user.space_id or "-", str(rooms_by_owner.get(user.user_id, 0)))
-            for user in users
-        ]
+    async def render_status(self, search: str = "", page: int = 1, carried: str = "") -> str:
+        """The summary, then one page of the users and the rooms that match `search`: a big
+        deployment's page stays small and quick (counts and pages come from the DB)."""
+        offset = (page - 1) * PAGE_ROWS
+        users = await self.store.users.page(search, offset, PAGE_ROWS)
+        rooms = await self.store.rooms.page(search, offset, PAGE_ROWS)
+        matching = max(
+            await self.store.users.count_matching(search),
+            await self.store.rooms.count_matching(search),
+        )
         errors = [
-            (_when(error.at), error.kind, error.message)
+            (when(error.at), error.kind, error.message)
             for error in reversed(self.metrics.recent_errors)
         ]
-        return _PAGE.format(
-            generated=escape(_when(time.time())),
-            summary=_definition_list(self._summary(len(users), rooms)),
-            agents=_table(("Agent", "Name", "Backend", "Health", "Replies", ""), self._agents()),
-            users=_table(("User", "Space", "Active rooms"), user_rows),
-            rooms=_table(
-                ("Room", "Title", "Owner", "Agent", "State", "Shared memory", "Last message"),
-                [_room_cells(room) for room in rooms],
+        return PAGE.format(
+            generated=escape(when(time.time())),
+            summary=definition_list(await self._summary()),
+            agents=table(("Agent", "Name", "Backend", "Health", "Replies", ""), self._agents()),
+            search=search_form(search, carried),
+            pages=pager(search, page, matching, carried),
+            users=table(
+                ("User", "Space", "Active rooms"),
+                [(user.user_id, user.space_id or "-", str(count)) for user, count in users],
             ),
-            errors=_table(("When", "Kind", "Message"), errors, empty="No errors."),
+            rooms=table(
+                ("Room", "Title", "Owner", "Agent", "State", "Shared memory", "Last message"),
+                [room_cells(room) for room in rooms],
+            ),
+            errors=table(("When", "Kind", "Message"), errors, empty="No errors."),
         )
 
-    def _summary(self, users: int, rooms: list[RoomRow]) -> list[tuple[str, str]]:
-        states: dict[str, int] = {}
-        for room in rooms:
-            states[room.state] = states.get(room.state, 0) + 1
+    async def _summary(self) -> list[tuple[str, str]]:
+        states = await self.store.rooms.count_by_state()
         report = self.last_report()
         metrics = self.metrics
         return [
             ("Bot", self.bot_id),
             ("Config", self.config_status()),
-            ("Users", str(users)),
+            ("Users", str(await self.store.users.count())),
             ("Rooms", ", ".join(f"{n} {state}" for state, n in sorted(states.items())) or "0"),
             ("Queue depth", str(self.queue_depth())),
             ("Last reconciliation", report.summary() if report else "not run yet"),
@@ -148,74 +165,7 @@ class StatusPages:
         ]
 
 
-def _room_cells(room: RoomRow) -> tuple[str, ...]:
-    return (
-        room.room_id,
-        room.title,
-        room.owner,
-        room.agent_id,
-        room.state,
-        "on" if room.share_memory else "off",
-        _when(room.last_event_ts / 1000) if room.last_event_ts else "-",
-    )
-
-
-def _when(timestamp: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(timestamp))
-
-
-def _definition_list(items: list[tuple[str, str]]) -> str:
-    rows = "".join(f"<dt>{escape(k)}</dt><dd>{escape(v)}</dd>" for k, v in items)
-    return f"<dl>{rows}</dl>"
-
-
-def _table(head: tuple[str, ...], rows: list[tuple[str, ...]], empty: str = "None yet.") -> str:
-    if not rows:
-        return f"<p class=empty>{escape(empty)}</p>"
-    shown = rows[:MAX_ROWS]
-    header = "".join(f"<th>{escape(h)}</th>" for h in head)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{escape(str(cell))}</td>" for cell in row) + "</tr>" for row in shown
-    )
-    more = (
-        f"<p class=empty>… and {len(rows) - len(shown)} more.</p>" if len(rows) > len(shown) else ""
-    )
-    return f"<table><thead><tr>{header}</tr></thead><tbody>{body}</tbody></table>{more}"
-
-
-_PAGE = """<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>Agent Spaces status</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 2rem; color: #1d2330; background: #f7f8fa; }}
-h1 {{ font-size: 1.5rem; margin-bottom: 0; }}
-h2 {{ font-size: 1.1rem; margin-top: 2rem; border-bottom: 1px solid #d5d9e0; }}
-.generated {{ color: #667; margin-top: .25rem; }}
-dl {{ display: grid; grid-template-columns: max-content auto; gap: .3rem 1.5rem; }}
-dt {{ font-weight: 600; }} dd {{ margin: 0; }}
-table {{ border-collapse: collapse; width: 100%; background: #fff; font-size: .9rem; }}
-th, td {{ text-align: left; padding: .35rem .6rem; border-bottom: 1px solid #e3e6eb; }}
-th {{ background: #eef0f4; }}
-td {{ overflow-wrap: anywhere; }}
-.empty {{ color: #667; font-style: italic; }}
-</style>
-</head>
-<body>
-<h1>Agent Spaces</h1>
-<p class="generated">Status at {generated}</p>
-<h2>Summary</h2>
-{summary}
-<h2>Agents</h2>
-{agents}
-<h2>Users</h2>
-{users}
-<h2>Rooms</h2>
-{rooms}
-<h2>Recent errors</h2>
-{errors}
-</body>
-</html>
-"""
+def _carried(request: web.Request) -> str:
+    """The token, when it came in the query: the page's links and search keep it."""
+    token = request.query.get("token")
+    return urlencode({"token": token}) if token else ""

@@ -33,6 +33,24 @@ SETTINGS = settings(
 )
 
 
+def room_row(room_id: str, owner: str, title: str) -> RoomRow:
+    return RoomRow(
+        room_id=room_id,
+        owner=owner,
+        space_id=None,
+        agent_id="echo",
+        chat_id="c",
+        title=title,
+        context_start=None,
+        share_memory=True,
+        state="active",
+        moved_to=None,
+        last_event_id=None,
+        last_event_ts=0,
+        created_at=0,
+    )
+
+
 async def pages(
     store: Store, queue_depth: int = 0, report: ReconcileReport | None = None
 ) -> StatusPages:
@@ -121,3 +139,34 @@ async def test_pages_answer_401_without_the_token(store: Store) -> None:
     response = await status.status_page(make_mocked_request("GET", "/status?token=tok-123"))
     assert response.status == 200
     assert response.content_type == "text/html"
+
+
+async def test_a_big_deployment_is_summarised_and_listed_a_page_at_a_time(store: Store) -> None:
+    status = await pages(store)
+    async with store.transaction() as tx:
+        for n in range(120):
+            user = f"@user{n:03}:example.org"
+            await tx.users.upsert(user, f"!space{n}:example.org")
+            await tx.rooms.upsert(room_row(f"!r{n:03}:example.org", user, f"Notes {n:03}"))
+
+    first = await status.render_status()
+    second = await status.render_status(page=2, carried="token=tok-123")
+    found = await status.render_status(search="NOTES 07")
+
+    assert "<dd>121</dd>" in first and "121 active" in first, "the summary counts everything"
+    assert "Page 1 of 3 (121 matching)" in first
+    assert "@user000:example.org" in first and "@user060:example.org" not in first
+    assert "@user060:example.org" in second and "@user000:example.org" not in second
+    assert 'href="?page=3&amp;token=tok-123"' in second, "the links keep a token from the URL"
+    assert "Page 1 of 1 (10 matching)" in found, "rooms titled Notes 070 to 079"
+    assert "Notes 075" in found and "Notes 080" not in found
+
+
+async def test_a_search_is_plain_text(store: Store) -> None:
+    status = await pages(store)
+    await store.rooms.upsert(room_row("!pct:example.org", "@a:example.org", "100% done"))
+    await store.rooms.upsert(room_row("!x:example.org", "@a:example.org", "1000 done"))
+
+    found = await status.render_status(search="100%")
+
+    assert "100% done" in found and "1000 done" not in found, "% is not a wildcard"
