@@ -80,7 +80,8 @@ def build(
     refusals = Refusals(outbox, store)
     caller = AgentCaller(http, TypingNotices(client, log), metrics, settings)
     dispatch_log = log.getChild("dispatch")
-    delivery = Delivery(GroupCommit(store, dispatch_log), dispatch_log)
+    batch = GroupCommit(store, dispatch_log)
+    delivery = Delivery(batch, dispatch_log)
     compaction = Compaction(store, context, caller, outbox, metrics, settings, dispatch_log)
     turns = TurnRunner(
         store,
@@ -101,7 +102,7 @@ def build(
         client.mxid, store, queues, quota, refusals, delivery, metrics, settings, dispatch_log
     )
     reconciler = Reconciler(client, store, record, links, log, membership.handle_invite)
-    catch_up = CatchUp(client, store, outbox, intake, queues, quota, settings, log)
+    catch_up = CatchUp(client, store, outbox, intake, queues, quota, batch, settings, log)
     startup = Startup(reconciler, catch_up, metrics, log)
     router = CommandRouter(store, outbox, settings, log)
     RoomCommands(onboarding, rooms).register(router)

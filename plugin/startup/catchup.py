@@ -24,9 +24,10 @@ from ..conversation.intake import Intake, is_agent_message, job_of
 from ..conversation.queues import RoomQueues
 from ..conversation.quota import Quota
 from ..db import Store
+from ..db.batch import GroupCommit
 from ..db.rows import ANSWERED, RECEIVED, MessageRow, RoomRow, now_ms
 from ..matrix.outbox import Outbox
-from ..matrix.replies import Timeline, resolve
+from ..matrix.replies import Timeline, message_text, resolve
 from ..matrix.sync import fresh_initial_sync
 from ..matrix.timeline import walk_back
 from ..ops.settings import Settings
@@ -76,6 +77,8 @@ class CatchUp:
     intake: Intake
     queues: RoomQueues
     quota: Quota
+    # The delivery state's writes: the catch-up's go in line with the live handler's.
+    batch: GroupCommit
     settings: Callable[[], Settings]
     log: TraceLogger
 
@@ -140,9 +143,12 @@ class CatchUp:
         settings = self.settings()
         now = now_ms()
         cursor = room.context_start if rebuild else room.last_event_id
-        # Back to the cursor whatever the age, so that what is too old is told, not lost.
-        stop_at = {cursor} if cursor else set()
-        events = await walk_back(self.client, room.room_id, stop_at, 0, MAX_WALK)
+        # Back to the cursor whatever the age, so that what is too old is told, not lost; and
+        # past every message still to answer, whose interrupted or lost reply may lie behind
+        # the cursor (a start that was cut short queued it, moved the cursor, and died).
+        stop_at = {cursor} if cursor and not pending else set()
+        since = min(row.sent_at for row in pending) if pending else 0
+        events = await walk_back(self.client, room.room_id, stop_at, since, MAX_WALK)
         timeline = resolve(events, self.client.mxid)
         in_timeline = [
             evt
@@ -157,30 +163,49 @@ class CatchUp:
         backlog = plan_backlog(
             found, timeline, states, self.queues.claimed, self.quota.admit_message, settings, now
         )
-        await self._apply(room, backlog, timeline, report)
+        await self._apply(room, backlog, timeline, rebuild, report)
         if rebuild:
             await self._rebuild(room, timeline, in_timeline, settings)
             report.rebuilt += 1
         if events:
             newest = events[-1]
-            await self.store.rooms.set_cursor(
-                room.room_id, newest["event_id"], newest.get("origin_server_ts", now)
-            )
+            event_id, ts = newest["event_id"], newest.get("origin_server_ts", now)
+
+            async def move_cursor(tx: Store) -> None:
+                await tx.rooms.set_cursor(room.room_id, event_id, ts)
+
+            # In line with the live handler's writes: the cursor never passes a message whose
+            # record is not written yet.
+            await self.batch.write(move_cursor)
 
     async def _apply(
-        self, room: RoomRow, backlog: Backlog, timeline: Timeline, report: CatchUpReport
+        self,
+        room: RoomRow,
+        backlog: Backlog,
+        timeline: Timeline,
+        rebuild: bool,
+        report: CatchUpReport,
     ) -> None:
-        for evt in backlog.record:
-            await _record(self.store, evt, RECEIVED)
         for evt in backlog.close:
-            await self._close(room, evt, timeline)
+            await self._close(room, evt, timeline, rebuild)
             report.closed += 1
-        if backlog.skipped:
-            skipped = [evt.event_id for events in backlog.skipped.values() for evt in events]
+        skipped = [evt for events in backlog.skipped.values() for evt in events]
+        to_record = [evt for evt in backlog.record if evt not in backlog.close]
+
+        async def record(tx: Store) -> None:
+            for evt in to_record:
+                await _record(tx, evt, ANSWERED if evt in skipped else RECEIVED)
+
+        await self.batch.write(record)
+        if skipped:
             text = skipped_notice(backlog, self.settings())
-            await self.outbox.notice_covering(room.room_id, text, skipped)
-            for event_id in skipped:
-                await self.store.messages.set_state(event_id, ANSWERED)
+            await self.outbox.notice_covering(room.room_id, text, [e.event_id for e in skipped])
+
+            async def settle(tx: Store) -> None:
+                for evt in skipped:
+                    await tx.messages.set_state(evt.event_id, ANSWERED)
+
+            await self.batch.write(settle)
             report.skipped += len(skipped)
         # Claimed only now: what the live handler claimed meanwhile is queued already.
         jobs = [
@@ -192,17 +217,24 @@ class CatchUp:
         report.answered += len(jobs)
         report.resumed += sum(bool(job.resume) for job in jobs)
 
-    async def _close(self, room: RoomRow, evt: MessageEvent, timeline: Timeline) -> None:
-        """Matrix has the final answer and the DB missed it: the DB catches up, answer and all."""
+    async def _close(
+        self, room: RoomRow, evt: MessageEvent, timeline: Timeline, rebuild: bool
+    ) -> None:
+        """Matrix has the final answer and the DB missed it: the DB catches up, the exchange
+        into the context too (a rebuilt context takes it from the timeline instead)."""
         event_id = evt.event_id
-        text = timeline.answer_text(event_id)
-        async with self.store.transaction() as tx:
+        answer = timeline.answer_text(event_id)
+        text = message_text(evt)
+
+        async def write(tx: Store) -> None:
             await _record(tx, evt, ANSWERED)
             await tx.messages.set_state(event_id, ANSWERED)
-            turn = await tx.turns.for_event(room.room_id, event_id)
-            if turn is not None and not turn.answered and text is not None:
-                await tx.turns.add_answered(room.room_id, [(None, ASSISTANT, text)])
-                await tx.turns.set_answered(turn.id, True)
+            if not rebuild:
+                await tx.turns.add_user_turn(room.room_id, event_id, text, answer is not None)
+                if answer is not None:
+                    await tx.turns.add_answered(room.room_id, [(None, ASSISTANT, answer)])
+
+        await self.batch.write(write)
 
     async def _rebuild(
         self,

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from plugin.conversation.queues import RoomQueues
 from plugin.db import Store
 from plugin.matrix.replies import STREAMING_KEY, resolve
 from tests.fakes.matrix import FakeMatrix
@@ -138,3 +139,48 @@ async def test_a_crash_between_any_two_writes_loses_nothing_and_answers_nothing_
         answered_in = [r.event_id for e in users for r in timeline.replies[e["event_id"]]]
         sends = [s.event_id for s in fake.messages(room_id) if "m.new_content" not in s.content]
         assert [s for s in sends if s in answered_in] == answered_in, at
+
+
+async def test_a_start_cut_short_after_its_catch_up_loses_nothing(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bot dies mid-answer; the next start queues the answer again and moves the room's
+    cursor past the interrupted reply, then dies before answering; the start after that still
+    takes the interrupted reply over."""
+    backend = script_agent(monkeypatch)
+    backend.extra, backend.chunks, backend.gap = LONG, 6, 0.01
+    fake = FakeMatrix()
+    room_id = "!cut-short:example.org"
+    crash = CrashAt(None)
+    instrument(monkeypatch, fake, crash)
+    world = make_world(store, overrides=CONFIG, fake=fake)
+    await world.add_room(room_id)
+    # An exchange before: the room's context is in the DB, so no start rebuilds it.
+    await store.turns.add_answered(
+        room_id, [("$before", "user", "hi"), (None, "assistant", "hello")]
+    )
+    evt = fake.message(room_id, "first")
+    await world.parts.intake.on_message(evt)
+    while not fake.messages(room_id):  # noqa: ASYNC110 (the fake has no event to wait on)
+        await asyncio.sleep(0.01)
+    await world.parts.queues.stop()
+
+    cut_short = make_world(store, overrides=CONFIG, fake=fake)
+    with monkeypatch.context() as dying:
+        # The jobs it queues never run: the process dies right after its catch-up.
+        dying.setattr(RoomQueues, "enqueue_first", lambda self, room, jobs: None)
+        await cut_short.parts.startup.catch_up.run()
+        await cut_short.parts.intake.delivery.drain()
+    assert (await store.rooms.get(room_id)).last_event_id != evt.event_id  # type: ignore[union-attr]
+
+    again = make_world(store, overrides=CONFIG, fake=fake)
+    await again.parts.startup.catch_up.run()
+    await again.settle(timeout=10)
+    await again.close()
+
+    timeline = replies_by_message(fake, room_id)
+    replies = timeline.replies[evt.event_id]
+    assert timeline.answer_text(evt.event_id) == f"re: first{LONG}"
+    assert all(not r.content.get(STREAMING_KEY) for r in replies), "nothing left half-written"
+    counts = {len(r) for r in timeline.replies.values()}
+    assert counts == {len(replies)} and len(replies) > 2, "one answer, in its parts"
