@@ -78,22 +78,29 @@ class MembershipHandler:
         settings = self.settings()
         if not access.is_allowed(settings, inviter):
             self.log.info(f"Declining the invite of {inviter} to {room_id}: not allowed")
-            try:
-                await self.client.leave_room(room_id)
-            except MatrixError as e:
-                self.log.warning(f"Could not decline the invite to {room_id}: {e}")
+            await self._reject(room_id)
             return
         try:
-            # maubot's autojoin may have joined already; joining again changes nothing.
-            await self.client.join_room(room_id)
+            # maubot's autojoin may have joined already; joining again changes nothing. No
+            # retries: mautrix would wait a minute on a room nobody is in any more, and the
+            # start waits for the invites that came while the bot was down.
+            await self.client.join_room(room_id, max_retries=0)
         except MatrixError as e:
             self.log.warning(f"Could not join {room_id} after the invite of {inviter}: {e}")
+            await self._reject(room_id)
             return
         if await self._greet(room_id, inviter, is_direct, encrypted):
             try:
                 await self.record.mark_answered(room_id, inviter)
             except MatrixError as e:
                 self.log.warning(f"Could not mark the invite to {room_id} as answered: {e}")
+
+    async def _reject(self, room_id: str) -> None:
+        """Declines an invite that cannot be taken, so that no start tries it again."""
+        try:
+            await self.client.leave_room(room_id)
+        except MatrixError as e:
+            self.log.warning(f"Could not decline the invite to {room_id}: {e}")
 
     async def _greet(self, room_id: str, inviter: str, is_direct: bool, encrypted: bool) -> bool:
         """Sends what a joined invite calls for. False when that failed: the next start retries."""

@@ -63,8 +63,9 @@ async def test_status_shows_users_rooms_agents_and_errors(bot: Deployment, make_
     assert f"<td>{onboarded.rooms['echo']}</td>" in html, "the working room is listed"
     assert "<dt>Rooms</dt><dd>1 active</dd>" in html
     assert "<td>echo</td><td>Echo</td><td>echo</td>" in html, "the echo agent is listed"
-    for section in ("Users", "Rooms", "Agents", "Recent errors"):
+    for section in ("Summary", "Agents", "Users and rooms", "Recent errors"):
         assert f"<h2>{section}</h2>" in html
+    assert "<h3>Users</h3>" in html and "<h3>Rooms</h3>" in html
     assert "<dt>Queue depth</dt><dd>0</dd>" in html
     assert "<dt>Last reconciliation</dt>" in html
     assert "default_agent: &#x27;ghost&#x27; is not one of the agents" in html

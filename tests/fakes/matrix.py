@@ -199,7 +199,7 @@ class FakeMatrix:
         self._call("invite_user")
         self.rooms[room_id].members[user_id] = "invite"
 
-    async def join_room(self, room_id: str) -> str:
+    async def join_room(self, room_id: str, max_retries: int = 4) -> str:
         self._call("join_room")
         self.rooms.setdefault(room_id, FakeRoom()).members[self.mxid] = "join"
         return room_id

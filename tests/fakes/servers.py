@@ -71,7 +71,8 @@ class FakeServer:
     async def start(self) -> None:
         app = web.Application()
         app.router.add_post("/{tail:.*}", self._handle)
-        self.runner = web.AppRunner(app, access_log=None)
+        # A test that leaves a slow answer pending must not wait for it when the server stops.
+        self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", 0)
         await site.start()
