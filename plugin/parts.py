@@ -22,8 +22,10 @@ from .conversation.quota import Quota
 from .conversation.refusals import Refusals
 from .conversation.turn import TurnRunner
 from .conversation.typing import TypingNotices
+from .conversation.undecryptable import Undecryptable
 from .db import Store
 from .matrix.creation import RoomCreator
+from .matrix.encryption import Encryption
 from .matrix.links import SpaceLinks
 from .matrix.outbox import Outbox, Transport
 from .matrix.record import MatrixRecord
@@ -48,6 +50,7 @@ class Parts:
     context: ContextManager
     queues: RoomQueues
     intake: Intake
+    undecryptable: Undecryptable
     refusals: Refusals
     router: CommandRouter
     startup: Startup
@@ -81,14 +84,20 @@ def build(
     )
     queues = RoomQueues(turns, dispatch_log)
     intake = Intake(client.mxid, store, queues, quota, refusals, metrics, settings, dispatch_log)
+    encryption = Encryption(client, log.getChild("encryption"))
+    undecryptable = Undecryptable(
+        client, encryption, store, intake, refusals, metrics, settings, dispatch_log
+    )
     reconciler = Reconciler(client, store, record, links, log, membership.handle_invite)
-    catch_up = CatchUp(client, store, outbox, intake, queues, quota, settings, log)
+    catch_up = CatchUp(
+        client, store, outbox, intake, queues, quota, encryption, undecryptable, settings, log
+    )
     startup = Startup(reconciler, catch_up, metrics, log)
     router = CommandRouter(store, outbox, settings, log)
     RoomCommands(onboarding, rooms).register(router)
     ContextCommands(context, intake).register(router)
     MemoryCommands(store).register(router)
-    AdminCommands(lambda: startup.last_report, startup.reconcile).register(router)
+    AdminCommands(startup.reports, startup.reconcile).register(router)
     return Parts(
         store,
         outbox,
@@ -98,6 +107,7 @@ def build(
         context,
         queues,
         intake,
+        undecryptable,
         refusals,
         router,
         startup,

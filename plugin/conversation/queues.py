@@ -78,6 +78,16 @@ class RoomQueues:
         self._queues.setdefault(room_id, deque()).extendleft(reversed(jobs))
         self._wake(room_id)
 
+    def take(self, room_id: str, event_ids: set[str]) -> list[Job]:
+        """Takes these messages out of a room whose queue does not run (held at a start), for the
+        catch-up to queue them again among the older messages, in the homeserver's order."""
+        queue = self._queues.get(room_id)
+        if not queue or room_id in self._workers:
+            return []
+        taken = [job for job in queue if job.kind == MESSAGE and job.event.event_id in event_ids]
+        self._queues[room_id] = deque(job for job in queue if not any(job is t for t in taken))
+        return taken
+
     def has(self, event_id: str) -> bool:
         return any(job.event.event_id == event_id for q in self._queues.values() for job in q)
 

@@ -6,31 +6,45 @@ delivery state says which messages were received and not answered; each room's t
 back to the room's cursor, shows those the DB never saw (or lost with a wipe) and proves what
 was answered already (see `matrix.replies`). The same walk rebuilds a room's context when its
 history is missing from the DB, and finds replies that a crash interrupted, to complete them.
+
+In an encrypted room the walk is decrypted with the client's crypto. A message whose key the bot
+lacks gets a bounded wait for the key (asking the sender's devices for it), then is answered, or
+its sender is told that it could not be decrypted. What the rebuilt context misses because it
+could not be decrypted (its keys were lost with maubot's crypto store) the report says.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable
 
 from attrs import define
 from maubot.matrix import MaubotMatrixClient
-from mautrix.types import MessageEvent
+from mautrix.types import EncryptedEvent, MessageEvent
 from mautrix.util.logging import TraceLogger
 
 from ..conversation.context import ASSISTANT, USER
-from ..conversation.intake import Intake, is_agent_message, job_of
+from ..conversation.intake import Intake, job_of
 from ..conversation.queues import RoomQueues
 from ..conversation.quota import Quota
+from ..conversation.undecryptable import Undecryptable, record
 from ..db import Store
-from ..db.rows import ANSWERED, RECEIVED, MessageRow, RoomRow, now_ms
+from ..db.rows import ANSWERED, AWAITING_KEY, RECEIVED, MessageRow, RoomRow, now_ms
+from ..matrix.encryption import Encryption
 from ..matrix.outbox import Outbox
 from ..matrix.replies import Timeline, resolve
 from ..matrix.sync import fresh_initial_sync
 from ..matrix.timeline import walk_back
 from ..ops.settings import Settings
-from .backlog import Backlog, candidates, parse_event, plan_backlog, skipped_notice
+from .backlog import (
+    Backlog,
+    Candidate,
+    candidates,
+    is_candidate,
+    parse_event,
+    plan_backlog,
+    skipped_notice,
+)
 
 # How far back one room's walk may go, in events.
 MAX_WALK = 1000
@@ -59,12 +73,24 @@ class CatchUpReport:
     skipped: int = 0
     rebuilt: int = 0
     errors: int = 0
+    # Messages whose senders were told that they could not be decrypted.
+    undecryptable: int = 0
+    # Encrypted events of rebuilt contexts that could not be decrypted: lost to the context.
+    unreadable: int = 0
 
     def summary(self) -> str:
+        lost = ""
+        if self.unreadable:
+            lost = (
+                f" ({self.unreadable} encrypted events could not be decrypted, so the rebuilt "
+                "context lacks them: their keys are not in maubot's crypto store, or maubot has "
+                "no encryption support)"
+            )
         return (
             f"catch-up: rooms={self.rooms_checked} answered={self.answered} "
             f"resumed={self.resumed} closed={self.closed} skipped={self.skipped} "
-            f"rebuilt={self.rebuilt} errors={self.errors}"
+            f"rebuilt={self.rebuilt} undecryptable={self.undecryptable} "
+            f"unreadable={self.unreadable}{lost} errors={self.errors}"
         )
 
 
@@ -76,6 +102,8 @@ class CatchUp:
     intake: Intake
     queues: RoomQueues
     quota: Quota
+    encryption: Encryption
+    undecryptable: Undecryptable
     settings: Callable[[], Settings]
     log: TraceLogger
 
@@ -142,36 +170,47 @@ class CatchUp:
         cursor = room.context_start if rebuild else room.last_event_id
         # Back to the cursor whatever the age, so that what is too old is told, not lost.
         stop_at = {cursor} if cursor else set()
-        events = await walk_back(self.client, room.room_id, stop_at, 0, MAX_WALK)
+        walked = await walk_back(self.client, room.room_id, stop_at, 0, MAX_WALK)
+        events = await self.encryption.decrypt_timeline(room.room_id, walked)
         timeline = resolve(events, self.client.mxid)
         in_timeline = [
             evt
             for raw in events
             if raw.get("sender") != self.client.mxid
-            and (evt := parse_event(raw)) is not None
-            and is_agent_message(evt, room, settings)
+            and (evt := parse_event({**raw, "room_id": room.room_id})) is not None
+            and is_candidate(evt, room, settings)
         ]
-        found = candidates(pending, in_timeline)
         states = {row.event_id: row.state for row in pending}
         states.update(await self.store.messages.states([evt.event_id for evt in in_timeline]))
+        found = await self.undecryptable.read_late(
+            room, candidates(pending, in_timeline), timeline, states
+        )
         backlog = plan_backlog(
             found, timeline, states, self.queues.has, self.quota.admit_message, settings, now
         )
-        await self._apply(room, backlog, timeline, report)
+        await self._apply(room, backlog, timeline, report, found)
         if rebuild:
-            await self._rebuild(room, timeline, in_timeline, settings)
+            readable = [evt for evt in found if isinstance(evt, MessageEvent)]
+            await self._rebuild(room, timeline, readable, settings)
             report.rebuilt += 1
-        if events:
-            newest = events[-1]
+            report.unreadable += len(timeline.unreadable)
+        if walked:
+            newest = walked[-1]
             await self.store.rooms.set_cursor(
                 room.room_id, newest["event_id"], newest.get("origin_server_ts", now)
             )
 
     async def _apply(
-        self, room: RoomRow, backlog: Backlog, timeline: Timeline, report: CatchUpReport
+        self,
+        room: RoomRow,
+        backlog: Backlog,
+        timeline: Timeline,
+        report: CatchUpReport,
+        found: list[Candidate],
     ) -> None:
         for evt in backlog.record:
-            await _record(self.store, evt, RECEIVED)
+            state = AWAITING_KEY if isinstance(evt, EncryptedEvent) else RECEIVED
+            await record(self.store, evt, state)
         for evt in backlog.close:
             await self._close(room, evt, timeline)
             report.closed += 1
@@ -182,17 +221,25 @@ class CatchUp:
             for event_id in skipped:
                 await self.store.messages.set_state(event_id, ANSWERED)
             report.skipped += len(skipped)
+        for encrypted in backlog.tell:
+            await self.undecryptable.tell(room, encrypted)
+            report.undecryptable += 1
         jobs = [job_of(evt, resume=resume) for evt, resume in backlog.answer]
-        self.queues.enqueue_first(room.room_id, jobs)
         report.answered += len(jobs)
         report.resumed += sum(bool(job.resume) for job in jobs)
+        # The live handler may have queued some of these already (they can come in the first
+        # /syncs after a start); all go in the homeserver's order, before anything newer.
+        order = {evt.event_id: n for n, evt in enumerate(found)}
+        jobs += self.queues.take(room.room_id, set(order))
+        jobs.sort(key=lambda job: order[job.event.event_id])
+        self.queues.enqueue_first(room.room_id, jobs)
 
-    async def _close(self, room: RoomRow, evt: MessageEvent, timeline: Timeline) -> None:
+    async def _close(self, room: RoomRow, evt: Candidate, timeline: Timeline) -> None:
         """Matrix has the final answer and the DB missed it: the DB catches up, answer and all."""
         event_id = evt.event_id
         text = timeline.answer_text(event_id)
         async with self.store.transaction() as tx:
-            await _record(tx, evt, ANSWERED)
+            await record(tx, evt, ANSWERED)
             await tx.messages.set_state(event_id, ANSWERED)
             turn = await tx.turns.for_event(room.room_id, event_id)
             if turn is not None and not turn.answered and text is not None:
@@ -227,8 +274,3 @@ class CatchUp:
             kept.append(turn)
         if kept:
             await self.store.turns.add_answered(room.room_id, reversed(kept))
-
-
-async def _record(store: Store, evt: MessageEvent, state: str) -> None:
-    content = json.dumps(evt.content.serialize())
-    await store.messages.add(evt.event_id, evt.room_id, evt.sender, evt.timestamp, content, state)
