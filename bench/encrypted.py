@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import statistics
 import subprocess
 import tempfile
@@ -181,9 +182,11 @@ async def run_encrypted_bench() -> None:
     root = Path(tempfile.mkdtemp(prefix="agentspaces-bench-encrypted-"))
     bench = Bench(root)
     saved = {key: os.environ.get(key) for key in ("PYTHONPATH", "AGENTSPACES_PROBE_FILE")}
+    done = False
     try:
         rooms = await bench.start()
         report(await bench.measure(rooms))
+        done = True
     finally:
         await bench.stop()
         for key, value in saved.items():
@@ -191,4 +194,7 @@ async def run_encrypted_bench() -> None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-    print(f"logs: {root}")
+        if done:
+            shutil.rmtree(root, ignore_errors=True)
+        else:
+            print(f"logs kept in {root}")

@@ -143,6 +143,10 @@ class Demo:
             # Imported only here: it needs the encryption packages.
             from tests.harness.crypto_user import CryptoMatrixUser
 
+            # The demo's devices are not cross-signed: mautrix would warn about it at every
+            # message. (mautrix's logger class is set by the import above.)
+            logging.getLogger("mau.crypto").setLevel(logging.ERROR)
+
             user = await CryptoMatrixUser.register(self.synapse, localpart, password)
         else:
             account = await asyncio.to_thread(self.synapse.register, localpart, password)
@@ -342,9 +346,6 @@ def main() -> int:
         help="run maubot without encryption even if its encryption packages are installed",
     )
     args = parser.parse_args()
-    # The demo's devices are not cross-signed: mautrix's warnings about it would fill the
-    # transcript.
-    logging.getLogger("mau.crypto").setLevel(logging.ERROR)
     root = Path(tempfile.mkdtemp(prefix="agentspaces-demo-"))
     crypto = crypto_installed() and not args.no_crypto
     if not crypto_installed():
