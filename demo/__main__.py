@@ -1,16 +1,23 @@
-"""python -m demo [--once]
+"""python -m demo [--once] [--no-crypto]
 
 Starts Synapse and maubot on 127.0.0.1 in a temporary directory, builds and uploads the plugin,
 creates a demo user and runs a scripted conversation as that user, printing a transcript. Then it
 prints how to log in with any Matrix client and keeps running until Ctrl-C; with --once it exits
 after the transcript, with a non-zero code if a step failed. Every process it started is stopped
 by its PID on exit.
+
+With maubot's encryption packages installed (python-olm, as `maubot[encryption]` and the Docker
+image have them), maubot runs with end-to-end encryption: the working rooms are encrypted, and the
+demo user has a device that encrypts and decrypts. Without them, or with --no-crypto, maubot runs
+as a plain `pip install maubot` does. The transcript says which one ran.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
+import logging
 import shutil
 import signal
 import subprocess
@@ -74,9 +81,19 @@ class Transcript:
             return None
 
 
+def crypto_installed() -> bool:
+    """maubot's encryption packages are importable here, so maubot's client can get a device."""
+    try:
+        import olm  # noqa: F401
+    except ImportError:
+        return False
+    return all(importlib.util.find_spec(name) for name in ("Crypto", "unpaddedbase64"))
+
+
 class Demo:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, crypto: bool) -> None:
         self.root = root
+        self.crypto = crypto
         self.out = Transcript()
         self.synapse: Synapse | None = None
         self.maubot: MaubotServer | None = None
@@ -92,11 +109,11 @@ class Demo:
         self.synapse = Synapse(self.root / "synapse")
         await asyncio.to_thread(self.synapse.start)
         self.out.note(f"Synapse (server name 'localhost') at {self.synapse.url}")
-        self.maubot = MaubotServer(self.root / "maubot", self.synapse.url, None)
+        self.maubot = MaubotServer(self.root / "maubot", self.synapse.url, None, self.crypto)
         await asyncio.to_thread(self.maubot.start)
-        self.out.note(f"maubot 0.6 at {self.maubot.url}")
+        self.out.note(f"maubot 0.6 at {self.maubot.url}, {self.mode}")
         prober = await self.new_user(f"prober_{int(time.time())}", "prober-password")
-        self.user = await self.new_user(DEMO_USER, DEMO_PASSWORD, "Demo User")
+        self.user = await self.new_user(DEMO_USER, DEMO_PASSWORD, "Demo User", self.crypto)
         self.bot = await deploy(
             self.maubot,
             self.synapse,
@@ -110,13 +127,33 @@ class Demo:
         )
         self.out.note(f"demo user {self.user.user_id} (password {DEMO_PASSWORD})")
 
-    async def new_user(self, localpart: str, password: str, name: str = "") -> MatrixUser:
+    @property
+    def mode(self) -> str:
+        if self.crypto:
+            return "WITH end-to-end encryption: the working rooms are encrypted"
+        return "WITHOUT end-to-end encryption: the working rooms are not encrypted"
+
+    async def new_user(
+        self, localpart: str, password: str, name: str = "", device: bool = False
+    ) -> MatrixUser:
+        """A Matrix user; with `device`, one whose device encrypts, as Element's does."""
         assert self.synapse is not None
-        account = await asyncio.to_thread(self.synapse.register, localpart, password)
-        user = MatrixUser(self.synapse.url, account["user_id"], account["access_token"])
-        user.start()
+        user: MatrixUser
+        if device:
+            # Imported only here: it needs the encryption packages.
+            from tests.harness.crypto_user import CryptoMatrixUser
+
+            # The demo's devices are not cross-signed: mautrix would warn about it at every
+            # message. (mautrix's logger class is set by the import above.)
+            logging.getLogger("mau.crypto").setLevel(logging.ERROR)
+
+            user = await CryptoMatrixUser.register(self.synapse, localpart, password)
+        else:
+            account = await asyncio.to_thread(self.synapse.register, localpart, password)
+            user = MatrixUser(self.synapse.url, account["user_id"], account["access_token"])
+            user.start()
+            await user.synced_once.wait()
         self.users.append(user)
-        await user.synced_once.wait()
         if name:
             await user.request(
                 "PUT", f"/profile/{quote(user.user_id)}/displayname", {"displayname": name}
@@ -163,7 +200,12 @@ class Demo:
         if not onboarded.rooms:
             raise StepFailed("the Space has no working rooms")
         for agent_id, room_id in onboarded.rooms.items():
-            self.out.note(f'  room "{await self.room_name(room_id)}" -> agent {agent_id}')
+            encrypted = await self.user.is_encrypted(room_id)
+            name = await self.room_name(room_id)
+            how = "encrypted" if encrypted else "not encrypted"
+            self.out.note(f'  room "{name}" -> agent {agent_id}, {how}')
+            if encrypted != self.crypto:
+                raise StepFailed(f"the room should be {'' if self.crypto else 'un'}encrypted")
         return onboarded
 
     def reply_to_command(self, room_id: str, command: str) -> str:
@@ -189,6 +231,11 @@ class Demo:
             if not reply.edits:
                 raise StepFailed("the reply came in one piece: it was not streamed")
             self.out.note(f"streamed: the reply was edited {reply.edits} time(s) as it grew")
+        if self.crypto:
+            stored = await self.user.get_event(room_id, reply.event_id) if self.user else {}
+            if stored.get("type") != "m.room.encrypted":
+                raise StepFailed("the reply was not end-to-end encrypted")
+            self.out.note("the reply was end-to-end encrypted; the demo user's device decrypted it")
         return reply
 
     async def memory_and_context(self, room_id: str) -> None:
@@ -275,6 +322,7 @@ async def amain(once: bool, demo: Demo) -> int:
         await demo.run()
         out = demo.out
         seconds = time.monotonic() - out.started
+        print(f"\nmaubot ran {demo.mode}.", flush=True)
         if out.failures:
             print(f"\nDemo FAILED in {seconds:.0f} s: {', '.join(out.failures)}", flush=True)
             print(f"The maubot log is {demo.root / 'maubot' / 'maubot.log'}", flush=True)
@@ -292,9 +340,17 @@ async def amain(once: bool, demo: Demo) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m demo", description=__doc__.split("\n")[2])
     parser.add_argument("--once", action="store_true", help="exit after the transcript")
+    parser.add_argument(
+        "--no-crypto",
+        action="store_true",
+        help="run maubot without encryption even if its encryption packages are installed",
+    )
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="agentspaces-demo-"))
-    demo = Demo(root)
+    crypto = crypto_installed() and not args.no_crypto
+    if not crypto_installed():
+        print("maubot's encryption packages (python-olm) are not installed here.", flush=True)
+    demo = Demo(root, crypto)
     code = 1
     try:
         code = asyncio.run(amain(args.once, demo))

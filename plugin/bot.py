@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from maubot import MessageEvent, Plugin
 from maubot.handlers import command, event
-from mautrix.types import EventType, StateEvent
+from mautrix.types import EncryptedEvent, EventType, StateEvent
 from mautrix.util.async_db import UpgradeTable
 from mautrix.util.config import BaseProxyConfig
 
@@ -38,7 +38,7 @@ class AgentSpacesBot(Plugin):
         self.metrics = Metrics()
         store = Store(self.database)
         self.live_config = LiveConfig(
-            self.config, self.server_name, store.state, self.log, self.metrics
+            self.config, self.server_name, store.state, self.log, self.metrics, self.has_crypto
         )
         self.settings = await self.live_config.at_start()
         self.parts = parts.build(
@@ -66,6 +66,7 @@ class AgentSpacesBot(Plugin):
                 p.queues.depth,
                 lambda: p.startup.last_report,
                 lambda: self.live_config.status,
+                lambda: p.startup.last_catch_up,
             )
         )
         # Each room waits for its catch-up, so that what came while the bot was down is answered
@@ -82,6 +83,10 @@ class AgentSpacesBot(Plugin):
     def current_settings(self) -> Settings:
         return self.settings
 
+    def has_crypto(self) -> bool:
+        """maubot gives the client an OlmMachine only with its encryption packages and a device."""
+        return self.client.crypto is not None
+
     @property
     def server_name(self) -> str:
         return self.client.mxid.split(":", 1)[1]
@@ -97,6 +102,11 @@ class AgentSpacesBot(Plugin):
     @event.on(EventType.ROOM_MESSAGE)
     async def on_message(self, evt: MessageEvent) -> None:
         await self.parts.intake.on_message(evt)
+
+    @event.on(EventType.ROOM_ENCRYPTED)
+    async def on_encrypted(self, evt: EncryptedEvent) -> None:
+        # maubot decrypts what it can before on_message; this notices what it could not.
+        await self.parts.undecryptable.on_encrypted(evt)
 
     @event.on(EventType.ROOM_NAME)
     async def on_room_name(self, evt: StateEvent) -> None:

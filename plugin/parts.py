@@ -25,9 +25,11 @@ from .conversation.quota import Quota
 from .conversation.refusals import Refusals
 from .conversation.turn import TurnRunner
 from .conversation.typing import TypingNotices
+from .conversation.undecryptable import Undecryptable
 from .db import Store
 from .db.batch import GroupCommit
 from .matrix.creation import RoomCreator
+from .matrix.encryption import Encryption
 from .matrix.links import SpaceLinks
 from .matrix.outbox import Outbox, Transport
 from .matrix.record import MatrixRecord
@@ -52,6 +54,7 @@ class Parts:
     context: ContextManager
     queues: RoomQueues
     intake: Intake
+    undecryptable: Undecryptable
     refusals: Refusals
     router: CommandRouter
     startup: Startup
@@ -101,14 +104,30 @@ def build(
     intake = Intake(
         client.mxid, store, queues, quota, refusals, delivery, metrics, settings, dispatch_log
     )
+    encryption = Encryption(client, log.getChild("encryption"))
+    undecryptable = Undecryptable(
+        client, encryption, store, intake, refusals, metrics, settings, dispatch_log
+    )
     reconciler = Reconciler(client, store, record, links, log, membership.handle_invite)
-    catch_up = CatchUp(client, store, outbox, intake, queues, quota, batch, settings, log)
+    catch_up = CatchUp(
+        client,
+        store,
+        outbox,
+        intake,
+        queues,
+        quota,
+        encryption,
+        undecryptable,
+        batch,
+        settings,
+        log,
+    )
     startup = Startup(reconciler, catch_up, metrics, log)
     router = CommandRouter(store, outbox, settings, log)
     RoomCommands(onboarding, rooms).register(router)
     ContextCommands(context, intake).register(router)
     MemoryCommands(store).register(router)
-    AdminCommands(lambda: startup.last_report, startup.reconcile).register(router)
+    AdminCommands(startup.reports, startup.reconcile).register(router)
     return Parts(
         store,
         outbox,
@@ -118,6 +137,7 @@ def build(
         context,
         queues,
         intake,
+        undecryptable,
         refusals,
         router,
         startup,

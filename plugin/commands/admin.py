@@ -1,4 +1,5 @@
-"""Admin commands: the last reconciliation report, and a reconciliation on demand."""
+"""Admin commands: the last reconciliation and catch-up reports, and a reconciliation on
+demand."""
 
 from __future__ import annotations
 
@@ -12,20 +13,23 @@ from .router import CommandRouter, Invocation
 
 @define(eq=False)
 class AdminCommands:
-    last_report: Callable[[], ReconcileReport | None]
+    reports: Callable[[], list[str]]
     reconcile: Callable[[], Awaitable[ReconcileReport | None]]
 
     def register(self, router: CommandRouter) -> None:
         router.add(
-            "admin status", "", "Show the last reconciliation report", self.status, admin=True
+            "admin status",
+            "",
+            "Show the last reconciliation and catch-up reports",
+            self.status,
+            admin=True,
         )
         router.add(
             "admin reconcile", "", "Rebuild the database from Matrix now", self.run, admin=True
         )
 
     async def status(self, inv: Invocation) -> str:
-        report = self.last_report()
-        return report.summary() if report else "No reconciliation has run yet."
+        return "\n\n".join(self.reports())
 
     async def run(self, inv: Invocation) -> str:
         report = await self.reconcile()

@@ -90,6 +90,16 @@ class RoomQueues:
         self._queues.setdefault(room_id, deque()).extendleft(reversed(jobs))
         self._wake(room_id)
 
+    def take(self, room_id: str, event_ids: set[str]) -> list[Job]:
+        """Takes these messages out of a room whose queue does not run (held at a start), for the
+        catch-up to queue them again among the older messages, in the homeserver's order."""
+        queue = self._queues.get(room_id)
+        if not queue or room_id in self._workers:
+            return []
+        taken = [job for job in queue if job.kind == MESSAGE and job.event.event_id in event_ids]
+        self._queues[room_id] = deque(job for job in queue if not any(job is t for t in taken))
+        return taken
+
     def claim(self, event_id: str) -> bool:
         """Claims a message for this run: False if it was queued before, by the live handler
         or the catch-up, so that each is answered once."""

@@ -112,11 +112,14 @@ ROOM_MATRIX_COLUMNS = tuple(f.name for f in fields(RoomRow) if f.name not in ROO
 RECEIVED = "received"
 ANSWERING = "answering"
 ANSWERED = "answered"
+# An encrypted message whose key the bot waits for; the decrypted message takes its place.
+AWAITING_KEY = "awaiting_key"
 
 
 @define
 class MessageRow(Row):
-    """A message for an agent and where its delivery stands: received, answering, answered.
+    """A message for an agent and where its delivery stands: received, answering, answered (or,
+    encrypted, awaiting its key).
 
     Answered means a final answer, or a final failure notice, is in Matrix."""
 

@@ -16,6 +16,7 @@ from .cache import MISSING, RowCache
 from .rows import (
     ACTIVE,
     ANSWERED,
+    AWAITING_KEY,
     ROOM_LOCAL_COLUMNS,
     MemoryRow,
     MessageRow,
@@ -421,11 +422,13 @@ class MessageTable:
     async def add(
         self, event_id: str, room_id: str, sender: str, sent_at: int, content: str, state: str
     ) -> bool:
-        """Records a message. False if it was known already: exactly one caller wins."""
+        """Records a message. False if it was known already: exactly one caller wins. A message
+        recorded as awaiting its key is not known yet: it is replaced, content and state."""
         added = await self.db.fetchval(
             "INSERT INTO message (event_id, room_id, sender, sent_at, content, state, updated_at) "
-            "VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (event_id) DO NOTHING "
-            "RETURNING id",
+            "VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (event_id) DO UPDATE "
+            "SET content=excluded.content, state=excluded.state, updated_at=excluded.updated_at "
+            "WHERE message.state=$8 RETURNING id",
             event_id,
             room_id,
             sender,
@@ -433,6 +436,7 @@ class MessageTable:
             content,
             state,
             now_ms(),
+            AWAITING_KEY,
         )
         return added is not None
 

@@ -4,6 +4,11 @@
 `m.in_reply_to` pointing at the user's event. A reply still flagged as streaming is not an answer,
 nor is a part of a long answer that more parts follow. This module is the one definition of it,
 for the live path and the catch-up alike.
+
+In an encrypted room the timeline is read decrypted (see `encryption`). A reply of the bot's that
+cannot be decrypted (its keys were lost with maubot's crypto store) still shows, in the clear,
+which event it replies to: it counts as answered, so that nothing is answered twice, but its text
+is unknown.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ FAILED_KEY = "org.agentspaces.failed"
 COVERS_KEY = "org.agentspaces.covers"
 TEXT = "m.text"
 NOTICE = "m.notice"
+ENCRYPTED = "m.room.encrypted"
 
 
 @define
@@ -105,6 +111,8 @@ class Timeline:
     replies: dict[str, list[Reply]] = field(factory=dict)
     # User events a notice of the bot answered without replying to each (`COVERS_KEY`).
     covered: set[str] = field(factory=set)
+    # Events still encrypted: the bot could not decrypt them.
+    unreadable: set[str] = field(factory=set)
 
     def answered(self, event_id: str) -> bool:
         """The one definition of "answered": a final answer or failure notice is in Matrix."""
@@ -131,10 +139,15 @@ def resolve(events: list[dict[str, Any]], bot_id: str) -> Timeline:
     timeline = Timeline(events=events)
     by_id: dict[str, Reply] = {}
     for ev in events:
+        if ev.get("type") == ENCRYPTED:
+            timeline.unreadable.add(ev.get("event_id", ""))
         if ev.get("sender") != bot_id:
             continue
         content = ev.get("content") or {}
         relation = _relation(content)
+        if ev.get("type") == ENCRYPTED:
+            # Only the relation is in the clear: an edit changes nothing, a reply counts as final.
+            content = {"m.relates_to": relation}
         if relation.get("rel_type") == "m.replace":
             original = by_id.get(relation.get("event_id", ""))
             new = content.get("m.new_content")

@@ -1,4 +1,8 @@
-"""Reading one room's timeline back from its newest event, page by page."""
+"""Reading one room's timeline back from its newest event, page by page.
+
+Messages and encrypted events both: in an encrypted room every message is an m.room.encrypted
+event, decrypted afterwards (`encryption.decrypt_timeline`).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ from mautrix.api import Method, Path
 from mautrix.types import PaginationDirection
 
 PAGE_SIZE = 100
-_MESSAGES = json.dumps({"types": ["m.room.message"]})
+_MESSAGES = json.dumps({"types": ["m.room.message", "m.room.encrypted"]})
 
 
 async def walk_back(

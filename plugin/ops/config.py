@@ -46,6 +46,7 @@ CONFIG_KEYS = (
     "onboarding.space_name",
     "onboarding.rooms",
     "rooms.encrypt",
+    "rooms.key_wait",
     "dispatch.max_concurrency",
     "dispatch.edit_interval",
     "dispatch.max_edits",
@@ -323,8 +324,21 @@ def _choice(reader: _Reader, key: str, choices: tuple[str, ...]) -> str:
     return value
 
 
-def parse_settings(data: dict[str, Any], server: str) -> Settings:
-    """Validates the raw config. Raises ConfigError naming every bad key."""
+def _encrypt_mode(reader: _Reader, crypto: bool) -> str:
+    mode = _choice(reader, "rooms.encrypt", ENCRYPT_MODES)
+    if mode == "always" and not crypto:
+        reader.problem(
+            "rooms.encrypt",
+            "is 'always', but this maubot client has no encryption support, so the bot could "
+            "not read the rooms it creates; use 'auto' or 'never', or enable encryption in "
+            "maubot (see the README)",
+        )
+    return mode
+
+
+def parse_settings(data: dict[str, Any], server: str, crypto: bool = True) -> Settings:
+    """Validates the raw config. Raises ConfigError naming every bad key. `crypto` tells whether
+    the bot's client can encrypt."""
     reader = _Reader(data)
     prefix = reader.string("command_prefix")
     if prefix and not _PREFIX_RE.match(prefix):
@@ -349,7 +363,8 @@ def parse_settings(data: dict[str, Any], server: str) -> Settings:
         on_invite=reader.boolean("onboarding.on_invite"),
         space_name=_space_name(reader),
         onboarding_rooms=tuple(onboarding_rooms or [default_agent]),
-        encrypt=_choice(reader, "rooms.encrypt", ENCRYPT_MODES),
+        encrypt=_encrypt_mode(reader, crypto),
+        key_wait=number("rooms.key_wait", 0, integer=False),
         max_concurrency=number("dispatch.max_concurrency", 1),
         edit_interval=number("dispatch.edit_interval", 0, integer=False),
         max_edits=number("dispatch.max_edits", 0),
@@ -371,7 +386,7 @@ def parse_settings(data: dict[str, Any], server: str) -> Settings:
     return settings
 
 
-def load_settings(config: Config, server: str) -> Settings:
+def load_settings(config: Config, server: str, crypto: bool = True) -> Settings:
     """Reads the instance's config text, fills in the defaults and validates the result.
 
     Nothing is saved here: the caller saves a config only once it has accepted it. Raises
@@ -384,4 +399,4 @@ def load_settings(config: Config, server: str) -> Settings:
     if not isinstance(config._data, dict):
         raise ConfigError([f"config: must be a mapping of keys, got {_describe(config._data)}"])
     config.update(save=False)
-    return parse_settings(config._data, server)
+    return parse_settings(config._data, server, crypto)

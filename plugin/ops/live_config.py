@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -34,6 +35,8 @@ class LiveConfig:
     state: StateTable
     log: logging.Logger
     metrics: Metrics
+    # Whether the bot's client can encrypt: `rooms.encrypt: always` needs it.
+    crypto: Callable[[], bool]
     # The raw data of the config last accepted, restored when a change is rejected.
     _valid_data: Any = field(init=False, default=None)
     # What the status page says about the config the instance runs on.
@@ -41,7 +44,7 @@ class LiveConfig:
 
     async def at_start(self) -> Settings:
         try:
-            settings = load_settings(self.config, self.server)
+            settings = load_settings(self.config, self.server, self.crypto())
         except ConfigError as e:
             return await self._fail_closed(e.problems)
         if not settings.web_token:
@@ -52,7 +55,7 @@ class LiveConfig:
     async def changed(self, current: Settings) -> Settings:
         """The settings after an admin UI change: the new ones, or `current` if it is invalid."""
         try:
-            settings = load_settings(self.config, self.server)
+            settings = load_settings(self.config, self.server, self.crypto())
         except ConfigError as e:
             self._report("Config change rejected, keeping the last valid config", e.problems)
             self._restore()
@@ -76,7 +79,7 @@ class LiveConfig:
         saved = await self.state.get(LAST_VALID_KEY)
         if saved is not None:
             try:
-                settings = parse_settings(json.loads(saved), self.server)
+                settings = parse_settings(json.loads(saved), self.server, self.crypto())
             except (ConfigError, ValueError):
                 self.log.error("The last valid config kept in the database is not valid now")
             else:

@@ -23,6 +23,8 @@ class ErrorRecord:
 class Metrics:
     messages_in: int = 0
     messages_out: int = 0
+    # Encrypted messages the bot gave up on: their key never came.
+    undecryptable_messages: int = 0
     replies_by_agent: Counter[str] = field(factory=Counter)
     errors_by_kind: Counter[str] = field(factory=Counter)
     latency_buckets: Counter[float] = field(factory=Counter)
@@ -39,6 +41,9 @@ class Metrics:
 
     def message_out(self) -> None:
         self.messages_out += 1
+
+    def undecryptable(self) -> None:
+        self.undecryptable_messages += 1
 
     def reply(self, agent_id: str, seconds: float) -> None:
         """One finished agent reply and how long the backend took."""
@@ -77,6 +82,12 @@ class Metrics:
             [("", self.messages_in)],
         )
         metric("messages_out_total", "counter", "Messages the bot sent.", [("", self.messages_out)])
+        metric(
+            "undecryptable_total",
+            "counter",
+            "Encrypted messages the bot could not decrypt, after waiting for their keys.",
+            [("", self.undecryptable_messages)],
+        )
         metric(
             "replies_total",
             "counter",

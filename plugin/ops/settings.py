@@ -33,6 +33,7 @@ class Settings:
     space_name: str
     onboarding_rooms: tuple[str, ...]
     encrypt: str
+    key_wait: float
     max_concurrency: int
     edit_interval: float
     max_edits: int

@@ -18,6 +18,7 @@ from attrs import define
 from maubot.handlers import web as handlers
 
 from ..db import Store
+from ..startup.catchup import CatchUpReport
 from ..startup.reconcile import ReconcileReport
 from .metrics import Metrics
 from .settings import Settings
@@ -71,6 +72,7 @@ class StatusPages:
     queue_depth: Callable[[], int]
     last_report: Callable[[], ReconcileReport | None]
     config_status: Callable[[], str]
+    last_catch_up: Callable[[], CatchUpReport | None]
 
     @handlers.get("/metrics")
     async def metrics_page(self, request: web.Request) -> web.Response:
@@ -137,7 +139,7 @@ class StatusPages:
 
     async def _summary(self) -> list[tuple[str, str]]:
         states = await self.store.rooms.count_by_state()
-        report = self.last_report()
+        report, catch_up = self.last_report(), self.last_catch_up()
         metrics = self.metrics
         return [
             ("Bot", self.bot_id),
@@ -146,7 +148,9 @@ class StatusPages:
             ("Rooms", ", ".join(f"{n} {state}" for state, n in sorted(states.items())) or "0"),
             ("Queue depth", str(self.queue_depth())),
             ("Last reconciliation", report.summary() if report else "not run yet"),
+            ("Last catch-up", catch_up.summary() if catch_up else "not run yet"),
             ("Messages in / out", f"{metrics.messages_in} / {metrics.messages_out}"),
+            ("Undecryptable messages", str(metrics.undecryptable_messages)),
             ("Matrix errors", str(metrics.errors_by_kind.get("matrix", 0))),
         ]
 

@@ -1,5 +1,6 @@
 """The catch-up's decisions for one room, from its timeline and its delivery state: which
-messages are answered already, which to answer now and in what order, and which to skip and why.
+messages are answered already, which to answer now and in what order, which to skip and why, and
+which the bot could not decrypt (their senders are told, within the same limits).
 
 Pure: no I/O, so every decision is tested without a server (see `catchup` for the reading and
 the writing).
@@ -12,12 +13,18 @@ from collections.abc import Callable
 from typing import Any
 
 from attrs import define, field
-from mautrix.types import MessageEvent, SerializerError
+from mautrix.types import EncryptedEvent, MessageEvent, SerializerError
 
-from ..db.rows import ANSWERED, MessageRow
-from ..matrix.replies import Timeline
+from ..conversation.intake import is_agent_message
+from ..conversation.undecryptable import Message, for_agent
+from ..db.rows import ANSWERED, MessageRow, RoomRow
+from ..matrix.replies import ENCRYPTED, Timeline
 from ..ops.settings import Settings
 
+# A message for the agent: readable, or encrypted with a key the bot does not hold.
+Candidate = Message
+
+MESSAGE = "m.room.message"
 TOO_OLD = "old"
 OVER_CAP = "cap"
 OVER_QUOTA = "quota"
@@ -26,15 +33,17 @@ OVER_QUOTA = "quota"
 @define
 class Backlog:
     # Answered in Matrix, not yet in the delivery state (a crash between the two).
-    close: list[MessageEvent] = field(factory=list)
+    close: list[Candidate] = field(factory=list)
     # Unknown to the delivery state: to record before anything else.
-    record: list[MessageEvent] = field(factory=list)
+    record: list[Candidate] = field(factory=list)
     # To answer now, oldest first, with the parts of an interrupted reply to take over.
     answer: list[tuple[MessageEvent, list[str]]] = field(factory=list)
     # Not answered, by reason; the room gets one notice about them.
-    skipped: dict[str, list[MessageEvent]] = field(factory=dict)
+    skipped: dict[str, list[Candidate]] = field(factory=dict)
+    # Could not be decrypted: each sender is told, once.
+    tell: list[EncryptedEvent] = field(factory=list)
 
-    def skip(self, reason: str, evt: MessageEvent) -> None:
+    def skip(self, reason: str, evt: Candidate) -> None:
         self.skipped.setdefault(reason, []).append(evt)
 
     @property
@@ -42,28 +51,41 @@ class Backlog:
         return sum(len(events) for events in self.skipped.values())
 
 
-def event_of(row: MessageRow) -> MessageEvent | None:
+def event_of(row: MessageRow) -> Candidate | None:
     """A recorded message as the event it was, to answer it after a restart."""
+    content = json.loads(row.content or "{}")
     return parse_event(
         {
-            "type": "m.room.message",
+            "type": ENCRYPTED if "ciphertext" in content else MESSAGE,
             "room_id": row.room_id,
             "event_id": row.event_id,
             "sender": row.sender,
             "origin_server_ts": row.sent_at,
-            "content": json.loads(row.content or "{}"),
+            "content": content,
         }
     )
 
 
-def parse_event(raw: dict[str, Any]) -> MessageEvent | None:
+def parse_event(raw: dict[str, Any]) -> Candidate | None:
+    """A message, or an encrypted event; None for anything else (a decrypted reaction)."""
     try:
-        return MessageEvent.deserialize(raw)
+        if raw.get("type") == ENCRYPTED:
+            return EncryptedEvent.deserialize(raw)
+        if raw.get("type") == MESSAGE:
+            return MessageEvent.deserialize(raw)
     except (SerializerError, KeyError, ValueError):
-        return None
+        pass
+    return None
 
 
-def candidates(pending: list[MessageRow], from_timeline: list[MessageEvent]) -> list[MessageEvent]:
+def is_candidate(evt: Candidate, room: RoomRow, settings: Settings) -> bool:
+    """A message for the room's agent, or one that may be and cannot be read."""
+    if isinstance(evt, EncryptedEvent):
+        return for_agent(evt, room, settings)
+    return is_agent_message(evt, room, settings)
+
+
+def candidates(pending: list[MessageRow], from_timeline: list[Candidate]) -> list[Candidate]:
     """What may need an answer, in the homeserver's order: recorded messages the walk did not
     reach (they are older), then the timeline's messages oldest first."""
     seen = {evt.event_id for evt in from_timeline}
@@ -72,7 +94,7 @@ def candidates(pending: list[MessageRow], from_timeline: list[MessageEvent]) -> 
 
 
 def plan_backlog(
-    events: list[MessageEvent],
+    events: list[Candidate],
     timeline: Timeline,
     states: dict[str, str],
     queued: Callable[[str], bool],
@@ -82,10 +104,11 @@ def plan_backlog(
 ) -> Backlog:
     """Decides for each candidate, oldest first. `states` holds the recorded state of each
     candidate the DB knows; `queued` tells the ones the live handler queued already; `admit`
-    counts one against the sender's per-minute limit at its send time."""
+    counts one against the sender's per-minute limit at its send time. What cannot be decrypted
+    is told within the same limits, and counts against no quota."""
     backlog = Backlog()
     cutoff = now_ms - int(settings.catch_up_max_age * 1000)
-    fresh: list[tuple[MessageEvent, list[str]]] = []
+    fresh: list[tuple[Candidate, list[str]]] = []
     for evt in events:
         state = states.get(evt.event_id)
         if timeline.answered(evt.event_id):
@@ -104,7 +127,9 @@ def plan_backlog(
     for evt, _ in fresh[: max(over, 0)]:
         backlog.skip(OVER_CAP, evt)
     for evt, resume in fresh[max(over, 0) :]:
-        if admit(evt.sender, evt.timestamp / 1000):
+        if isinstance(evt, EncryptedEvent):
+            backlog.tell.append(evt)
+        elif admit(evt.sender, evt.timestamp / 1000):
             backlog.answer.append((evt, resume))
         else:
             backlog.skip(OVER_QUOTA, evt)

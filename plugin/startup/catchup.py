@@ -6,32 +6,46 @@ delivery state says which messages were received and not answered; each room's t
 back to the room's cursor, shows those the DB never saw (or lost with a wipe) and proves what
 was answered already (see `matrix.replies`). The same walk rebuilds a room's context when its
 history is missing from the DB, and finds replies that a crash interrupted, to complete them.
+
+In an encrypted room the walk is decrypted with the client's crypto. A message whose key the bot
+lacks gets a bounded wait for the key (asking the sender's devices for it), then is answered, or
+its sender is told that it could not be decrypted. What the rebuilt context misses because it
+could not be decrypted (its keys were lost with maubot's crypto store) the report says.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable
 
 from attrs import define
 from maubot.matrix import MaubotMatrixClient
-from mautrix.types import MessageEvent
+from mautrix.types import EncryptedEvent, MessageEvent
 from mautrix.util.logging import TraceLogger
 
 from ..conversation.context import ASSISTANT, USER
-from ..conversation.intake import Intake, is_agent_message, job_of
+from ..conversation.intake import Intake, job_of
 from ..conversation.queues import RoomQueues
 from ..conversation.quota import Quota
+from ..conversation.undecryptable import Undecryptable, record
 from ..db import Store
 from ..db.batch import GroupCommit
-from ..db.rows import ANSWERED, RECEIVED, MessageRow, RoomRow, now_ms
+from ..db.rows import ANSWERED, AWAITING_KEY, RECEIVED, MessageRow, RoomRow, now_ms
+from ..matrix.encryption import Encryption
 from ..matrix.outbox import Outbox
 from ..matrix.replies import Timeline, message_text, resolve
 from ..matrix.sync import fresh_initial_sync
 from ..matrix.timeline import walk_back
 from ..ops.settings import Settings
-from .backlog import Backlog, candidates, parse_event, plan_backlog, skipped_notice
+from .backlog import (
+    Backlog,
+    Candidate,
+    candidates,
+    is_candidate,
+    parse_event,
+    plan_backlog,
+    skipped_notice,
+)
 
 # How far back one room's walk may go, in events.
 MAX_WALK = 1000
@@ -60,12 +74,24 @@ class CatchUpReport:
     skipped: int = 0
     rebuilt: int = 0
     errors: int = 0
+    # Messages whose senders were told that they could not be decrypted.
+    undecryptable: int = 0
+    # Encrypted events of rebuilt contexts that could not be decrypted: lost to the context.
+    unreadable: int = 0
 
     def summary(self) -> str:
+        lost = ""
+        if self.unreadable:
+            lost = (
+                f" ({self.unreadable} encrypted events could not be decrypted, so the rebuilt "
+                "context lacks them: their keys are not in maubot's crypto store, or maubot has "
+                "no encryption support)"
+            )
         return (
             f"catch-up: rooms={self.rooms_checked} answered={self.answered} "
             f"resumed={self.resumed} closed={self.closed} skipped={self.skipped} "
-            f"rebuilt={self.rebuilt} errors={self.errors}"
+            f"rebuilt={self.rebuilt} undecryptable={self.undecryptable} "
+            f"unreadable={self.unreadable}{lost} errors={self.errors}"
         )
 
 
@@ -77,6 +103,8 @@ class CatchUp:
     intake: Intake
     queues: RoomQueues
     quota: Quota
+    encryption: Encryption
+    undecryptable: Undecryptable
     # The delivery state's writes: the catch-up's go in line with the live handler's.
     batch: GroupCommit
     settings: Callable[[], Settings]
@@ -148,27 +176,32 @@ class CatchUp:
         # the cursor (a start that was cut short queued it, moved the cursor, and died).
         stop_at = {cursor} if cursor and not pending else set()
         since = min(row.sent_at for row in pending) if pending else 0
-        events = await walk_back(self.client, room.room_id, stop_at, since, MAX_WALK)
+        walked = await walk_back(self.client, room.room_id, stop_at, since, MAX_WALK)
+        events = await self.encryption.decrypt_timeline(room.room_id, walked)
         timeline = resolve(events, self.client.mxid)
         in_timeline = [
             evt
             for raw in events
             if raw.get("sender") != self.client.mxid
-            and (evt := parse_event(raw)) is not None
-            and is_agent_message(evt, room, settings)
+            and (evt := parse_event({**raw, "room_id": room.room_id})) is not None
+            and is_candidate(evt, room, settings)
         ]
-        found = candidates(pending, in_timeline)
         states = {row.event_id: row.state for row in pending}
         states.update(await self.store.messages.states([evt.event_id for evt in in_timeline]))
+        found = await self.undecryptable.read_late(
+            room, candidates(pending, in_timeline), timeline, states
+        )
         backlog = plan_backlog(
             found, timeline, states, self.queues.claimed, self.quota.admit_message, settings, now
         )
-        await self._apply(room, backlog, timeline, rebuild, report)
+        await self._apply(room, backlog, timeline, rebuild, report, found)
         if rebuild:
-            await self._rebuild(room, timeline, in_timeline, settings)
+            readable = [evt for evt in found if isinstance(evt, MessageEvent)]
+            await self._rebuild(room, timeline, readable, settings)
             report.rebuilt += 1
-        if events:
-            newest = events[-1]
+            report.unreadable += len(timeline.unreadable)
+        if walked:
+            newest = walked[-1]
             event_id, ts = newest["event_id"], newest.get("origin_server_ts", now)
 
             async def move_cursor(tx: Store) -> None:
@@ -185,6 +218,7 @@ class CatchUp:
         timeline: Timeline,
         rebuild: bool,
         report: CatchUpReport,
+        found: list[Candidate],
     ) -> None:
         for evt in backlog.close:
             await self._close(room, evt, timeline, rebuild)
@@ -192,11 +226,12 @@ class CatchUp:
         skipped = [evt for events in backlog.skipped.values() for evt in events]
         to_record = [evt for evt in backlog.record if evt not in backlog.close]
 
-        async def record(tx: Store) -> None:
+        async def record_found(tx: Store) -> None:
             for evt in to_record:
-                await _record(tx, evt, ANSWERED if evt in skipped else RECEIVED)
+                waiting = AWAITING_KEY if isinstance(evt, EncryptedEvent) else RECEIVED
+                await record(tx, evt, ANSWERED if evt in skipped else waiting)
 
-        await self.batch.write(record)
+        await self.batch.write(record_found)
         if skipped:
             text = skipped_notice(backlog, self.settings())
             await self.outbox.notice_covering(room.room_id, text, [e.event_id for e in skipped])
@@ -207,29 +242,37 @@ class CatchUp:
 
             await self.batch.write(settle)
             report.skipped += len(skipped)
+        for encrypted in backlog.tell:
+            await self.undecryptable.tell(room, encrypted)
+            report.undecryptable += 1
         # Claimed only now: what the live handler claimed meanwhile is queued already.
         jobs = [
             job_of(evt, resume=resume)
             for evt, resume in backlog.answer
             if self.queues.claim(evt.event_id)
         ]
-        self.queues.enqueue_first(room.room_id, jobs)
         report.answered += len(jobs)
         report.resumed += sum(bool(job.resume) for job in jobs)
+        # The live handler may have queued some of these already (they can come in the first
+        # /syncs after a start); all go in the homeserver's order, before anything newer.
+        order = {evt.event_id: n for n, evt in enumerate(found)}
+        jobs += self.queues.take(room.room_id, set(order))
+        jobs.sort(key=lambda job: order[job.event.event_id])
+        self.queues.enqueue_first(room.room_id, jobs)
 
     async def _close(
-        self, room: RoomRow, evt: MessageEvent, timeline: Timeline, rebuild: bool
+        self, room: RoomRow, evt: Candidate, timeline: Timeline, rebuild: bool
     ) -> None:
         """Matrix has the final answer and the DB missed it: the DB catches up, the exchange
         into the context too (a rebuilt context takes it from the timeline instead)."""
         event_id = evt.event_id
         answer = timeline.answer_text(event_id)
-        text = message_text(evt)
+        text = message_text(evt) if isinstance(evt, MessageEvent) else None
 
         async def write(tx: Store) -> None:
-            await _record(tx, evt, ANSWERED)
+            await record(tx, evt, ANSWERED)
             await tx.messages.set_state(event_id, ANSWERED)
-            if not rebuild:
+            if not rebuild and text is not None:
                 await tx.turns.add_user_turn(room.room_id, event_id, text, answer is not None)
                 if answer is not None:
                     await tx.turns.add_answered(room.room_id, [(None, ASSISTANT, answer)])
@@ -264,8 +307,3 @@ class CatchUp:
             kept.append(turn)
         if kept:
             await self.store.turns.add_answered(room.room_id, reversed(kept))
-
-
-async def _record(store: Store, evt: MessageEvent, state: str) -> None:
-    content = json.dumps(evt.content.serialize())
-    await store.messages.add(evt.event_id, evt.room_id, evt.sender, evt.timestamp, content, state)

@@ -8,7 +8,7 @@ from logging import Logger
 from attrs import define, field
 
 from ..ops.metrics import Metrics
-from .catchup import CatchUp
+from .catchup import CatchUp, CatchUpReport
 from .reconcile import Reconciler, ReconcileReport
 
 
@@ -19,6 +19,7 @@ class Startup:
     metrics: Metrics
     log: Logger
     last_report: ReconcileReport | None = field(init=False, default=None)
+    last_catch_up: CatchUpReport | None = field(init=False, default=None)
     _reconcile_task: asyncio.Task[ReconcileReport | None] | None = field(init=False, default=None)
     _catch_up_task: asyncio.Task[None] | None = field(init=False, default=None)
 
@@ -32,6 +33,14 @@ class Startup:
                 f"Reconciliation takes longer than {budget} s; "
                 "starting the handlers, it completes in the background"
             )
+
+    def reports(self) -> list[str]:
+        """The last reconciliation's and catch-up's summaries, as admins and the status page see
+        them."""
+        return [
+            self.last_report.summary() if self.last_report else "No reconciliation has run yet.",
+            self.last_catch_up.summary() if self.last_catch_up else "No catch-up has run yet.",
+        ]
 
     def start_catch_up(self) -> None:
         self._catch_up_task = asyncio.create_task(self._catch_up())
@@ -58,7 +67,7 @@ class Startup:
         if self._reconcile_task is not None:
             await self._reconcile_task
         try:
-            await self.catch_up.run()
+            self.last_catch_up = await self.catch_up.run()
         except Exception as e:
             self.log.exception("Catch-up failed")
             self.metrics.error("catch_up", str(e))

@@ -28,6 +28,8 @@ class Plan:
     archived: int = 0
     spaces: int = 0
     managed_rooms: int = 0
+    # Managed rooms that are encrypted: their state and the bot's account data are not.
+    encrypted: int = 0
 
     @property
     def repaired(self) -> int:
@@ -120,6 +122,8 @@ def _plan_room(
     row.updated_at = old.updated_at if old is not None else 0
     if state == ACTIVE:
         plan.managed_rooms += 1
+        if room.get("m.room.encryption") is not None:
+            plan.encrypted += 1
     if old is None:
         plan.recovered += 1
     elif state == ARCHIVED and old.state != ARCHIVED:

@@ -36,20 +36,27 @@ class ReconcileReport:
     repaired: int = 0
     archived: int = 0
     errors: int = 0
+    encrypted: int = 0
     duration: float = 0.0
     finished: bool = False
+    # Whether the client can decrypt: without, the encrypted rooms are rebuilt but unreadable.
+    crypto: bool = True
 
     def summary(self) -> str:
         status = "" if self.finished else " (still running in the background)"
+        unreadable = ""
+        if self.encrypted and not self.crypto:
+            unreadable = " (unreadable: this maubot client has no encryption support)"
         return (
             f"reconciliation: spaces={self.spaces} rooms={self.rooms} "
             f"recovered={self.recovered} backfilled={self.backfilled} "
             f"repaired={self.repaired} archived={self.archived} errors={self.errors} "
-            f"duration={self.duration:.2f}s{status}"
+            f"encrypted={self.encrypted}{unreadable} duration={self.duration:.2f}s{status}"
         )
 
     def counts(self) -> dict[str, int]:
-        return {k: v for k, v in attrs.asdict(self).items() if k not in ("duration", "finished")}
+        skipped = ("duration", "finished", "crypto")
+        return {k: v for k, v in attrs.asdict(self).items() if k not in skipped}
 
 
 # (room_id, inviter, is_direct, encrypted): the same handler as for live invites.
@@ -72,7 +79,7 @@ class Reconciler:
             # What the plugin changes after this moment is newer than the view: when this runs
             # while the bot is live, those changes are kept, not reverted.
             since = now_ms()
-            report = ReconcileReport()
+            report = ReconcileReport(crypto=self.client.crypto is not None)
             view = await discover(self.client)
             db_rooms = {r.room_id: r for r in await self.store.rooms.all()}
             db_users = {u.user_id: u for u in await self.store.users.all()}
@@ -98,6 +105,7 @@ class Reconciler:
             report.backfilled = plan.backfilled
             report.repaired = plan.repaired
             report.archived = plan.archived
+            report.encrypted = plan.encrypted
             report.duration = time.monotonic() - started
             report.finished = True
             return report

@@ -10,40 +10,22 @@ import pytest
 
 from tests.fakes.servers import Behavior, FakeAgentPlatform, FakeOpenAI
 from tests.harness.deploy import Deployment
-from tests.harness.flows import agent_room, db_rows
-from tests.harness.matrix_user import STREAMING_KEY, MatrixUser, Reply
+from tests.harness.flows import agent_room, answered_once_in_order, answers, db_rows
+from tests.harness.matrix_user import STREAMING_KEY, MatrixUser
 
 # Matrix refuses events over 64 KiB; every event the bot sends stays well under it.
 EVENT_LIMIT = 60 * 1024
-# A part of a long answer that more parts follow.
-CONTINUED = "org.agentspaces.continued"
 
 
 def expected(text: str) -> str:
     return f"reply to: {text}"
 
 
-async def answers(user: MatrixUser, room_id: str, event_id: str, bot: Deployment) -> list[Reply]:
-    """The bot's replies to one message, edits applied; all final once it is answered."""
-
-    def complete() -> list[Reply] | None:
-        replies = user.replies_to(room_id, event_id, bot.bot_id)
-        done = replies and all(r.final for r in replies) and not replies[-1].content.get(CONTINUED)
-        return replies if done else None
-
-    return await user.wait_for(complete, 60, f"the answer to {event_id}")
-
-
 async def assert_answered_once_in_order(
     user: MatrixUser, room_id: str, sent: list[tuple[str, str]], bot: Deployment
 ) -> None:
-    order: list[str] = []
-    for event_id, text in sent:
-        (reply,) = await answers(user, room_id, event_id, bot)
-        assert reply.body == expected(text), reply.body
-        order.append(reply.event_id)
-    timeline = [e["event_id"] for e in user.events(room_id, "m.room.message", bot.bot_id)]
-    assert sorted(order, key=timeline.index) == order, "answered in the order they were sent"
+    replies = await answered_once_in_order(user, room_id, [event_id for event_id, _ in sent], bot)
+    assert [reply.body for reply in replies] == [expected(text) for _, text in sent]
 
 
 @pytest.mark.parametrize("fault", ["sigkill", "stop"])

@@ -5,8 +5,12 @@ account data, and the requests that the plugin makes itself (the outbox's sends,
 sync, /messages). Failures are injected by call name (`fail`), and a rate limit that names its
 wait like Synapse's (`rate_limited`, `retry_after_ms`).
 
-The timeline (`history`) holds what users sent (`message`) and what the bot sent through the
-outbox, so that the catch-up reads back what a homeserver would show it.
+The timeline (`history`) holds what users sent (`message`, `encrypted_message`) and what the
+bot sent through the outbox, so that the catch-up reads back what a homeserver would show it.
+
+`FakeCrypto` stands in for the OlmMachine of a maubot with crypto (`crypto = FakeCrypto()`): the
+"ciphertext" of an encrypted event is its plain event as JSON, readable only once the session's
+key has arrived (`share`), which for the bot's own session is from the start.
 """
 
 from __future__ import annotations
@@ -16,13 +20,23 @@ import copy
 import itertools
 import json
 import time
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import unquote
 
 from attrs import define, field
 from mautrix.api import Method, PathBuilder
-from mautrix.errors import MatrixRequestError, MForbidden, MNotFound, MUnrecognized
+from mautrix.client import SyncStream
+from mautrix.errors import (
+    MatrixRequestError,
+    MForbidden,
+    MNotFound,
+    MUnrecognized,
+    SessionNotFound,
+)
 from mautrix.types import (
+    EncryptedEvent,
     Event,
     EventType,
     Member,
@@ -37,6 +51,9 @@ from plugin.startup.discover import SLIDING_SYNC_PATH
 
 BOT = "@bot:example.org"
 ALICE = "@alice:example.org"
+MEGOLM = "m.megolm.v1.aes-sha2"
+# The session the bot encrypts with; users' sessions are named by the tests.
+BOT_SESSION = "bot-session"
 _ids = itertools.count()
 
 
@@ -65,6 +82,105 @@ class FakeRoom:
     create: dict[str, Any] = field(factory=dict)
     state: dict[tuple[str, str], dict[str, Any]] = field(factory=dict)
     members: dict[str, str] = field(factory=dict)
+
+
+class FakeCryptoStore:
+    """The part of mautrix's crypto store that the plugin reads."""
+
+    def __init__(self, crypto: FakeCrypto) -> None:
+        self.crypto = crypto
+
+    async def has_group_session(self, room_id: str, session_id: str) -> bool:
+        return session_id in self.crypto.sessions
+
+    async def get_group_session(self, room_id: str, session_id: str) -> Any:
+        received = self.crypto.sessions.get(session_id)
+        return None if received is None else _Session(received)
+
+    async def get_devices(self, user_id: str) -> dict[str, Any]:
+        return {"PHONE": object(), "LAPTOP": object()}
+
+
+@define
+class _Session:
+    received_at: datetime
+
+
+class FakeCrypto:
+    """The OlmMachine of a client with crypto: decrypts the fake's encrypted events once their
+    session's key is here, waits for keys, and records the key requests (`answer_requests_in`
+    makes a requested key arrive that much later)."""
+
+    def __init__(self) -> None:
+        # Session id -> when its key arrived (naive UTC, as mautrix keeps it).
+        self.sessions: dict[str, datetime] = {BOT_SESSION: datetime.utcnow() - timedelta(days=1)}
+        self.crypto_store = FakeCryptoStore(self)
+        self.requests: list[tuple[str, str, dict[str, list[str]]]] = []
+        self.answer_requests_in: float | None = None
+        # Event ids in the order they were decrypted (a walk's cost).
+        self.decrypted: list[str] = []
+        self._arrived: dict[str, asyncio.Event] = {}
+
+    def share(self, session_id: str, age: float = 0.0) -> None:
+        """The session's key arrives (`age` seconds ago)."""
+        self.sessions[session_id] = datetime.utcnow() - timedelta(seconds=age)
+        self._arrived.setdefault(session_id, asyncio.Event()).set()
+
+    async def decrypt_megolm_event(self, evt: EncryptedEvent) -> Event:
+        self.decrypted.append(evt.event_id)
+        content = evt.content.serialize()
+        if content["session_id"] not in self.sessions:
+            raise SessionNotFound(content["session_id"])
+        plain = json.loads(content["ciphertext"])
+        if "m.relates_to" in content and "m.relates_to" not in plain["content"]:
+            plain["content"]["m.relates_to"] = content["m.relates_to"]
+        return Event.deserialize(
+            {
+                "room_id": evt.room_id,
+                "event_id": evt.event_id,
+                "sender": evt.sender,
+                "origin_server_ts": evt.timestamp,
+                **plain,
+            }
+        )
+
+    async def wait_for_session(self, room_id: str, session_id: str, timeout: float = 3) -> bool:
+        arrived = self._arrived.setdefault(session_id, asyncio.Event())
+        try:
+            await asyncio.wait_for(arrived.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+        return session_id in self.sessions
+
+    async def request_room_key(
+        self,
+        room_id: str,
+        sender_key: str | None,
+        session_id: str,
+        from_devices: dict[str, list[str]],
+        timeout: float | None = None,
+    ) -> bool:
+        self.requests.append((room_id, session_id, from_devices))
+        if self.answer_requests_in is not None:
+            loop = asyncio.get_running_loop()
+            loop.call_later(self.answer_requests_in, self.share, session_id)
+        return False
+
+
+def encrypted_content(
+    event_type: str, content: dict[str, Any], session_id: str, device_id: str = "PHONE"
+) -> dict[str, Any]:
+    """m.room.encrypted content as a client sends it; the relation stays in the clear."""
+    encrypted = {
+        "algorithm": MEGOLM,
+        "ciphertext": json.dumps({"type": event_type, "content": content}),
+        "session_id": session_id,
+        "sender_key": f"key-of-{device_id}",
+        "device_id": device_id,
+    }
+    if "m.relates_to" in content:
+        encrypted["m.relates_to"] = content["m.relates_to"]
+    return encrypted
 
 
 class FakeStateStore:
@@ -122,6 +238,11 @@ class FakeMatrix:
         self.room_versions = ["10", "11", "12"]
         # Room id -> raw events of its timeline, newest first (as /messages pages backwards).
         self.history: dict[str, list[dict[str, Any]]] = {}
+        # What the client dispatched to event handlers itself, where it goes on to, and the
+        # handlers' tasks.
+        self.dispatched: list[Event] = []
+        self.on_dispatch: Callable[[Event], Awaitable[None]] | None = None
+        self.handler_tasks: list[asyncio.Task[None]] = []
 
     # Failure injection
 
@@ -141,6 +262,28 @@ class FakeMatrix:
         index = next((i for i, e in enumerate(events) if e.get("origin_server_ts", 0) <= ts), None)
         events.insert(len(events) if index is None else index, event)
 
+    def add_event(
+        self,
+        room_id: str,
+        event_type: str,
+        content: dict[str, Any],
+        sender: str = ALICE,
+        *,
+        age: float = 0.0,
+        event_id: str | None = None,
+    ) -> dict[str, Any]:
+        """An event that `sender` sent `age` seconds ago, put into the room's timeline."""
+        event = {
+            "type": event_type,
+            "room_id": room_id,
+            "event_id": event_id or f"$user{next(_ids)}",
+            "sender": sender,
+            "origin_server_ts": now_ms() - int(age * 1000),
+            "content": content,
+        }
+        self.add_to_history(room_id, event)
+        return event
+
     def message(
         self,
         room_id: str,
@@ -158,16 +301,45 @@ class FakeMatrix:
         content: dict[str, Any] = {"msgtype": msgtype, "body": body, **(extra or {})}
         if relates_to:
             content["m.relates_to"] = relates_to
-        event = {
-            "type": "m.room.message",
-            "room_id": room_id,
-            "event_id": event_id or f"$user{next(_ids)}",
-            "sender": sender,
-            "origin_server_ts": now_ms() - int(age * 1000),
-            "content": content,
-        }
-        self.add_to_history(room_id, event)
+        event = self.add_event(
+            room_id, "m.room.message", content, sender, age=age, event_id=event_id
+        )
         return MessageEvent.deserialize(event)
+
+    def encrypted_message(
+        self,
+        room_id: str,
+        body: str,
+        sender: str = ALICE,
+        *,
+        session_id: str = "alice-session",
+        relates_to: dict[str, Any] | None = None,
+        age: float = 0.0,
+    ) -> EncryptedEvent:
+        """`message`, as a client sends it in an encrypted room: an m.room.encrypted event in
+        `session_id` (see `FakeCrypto.share`), and the encrypted event maubot hands the plugin."""
+        content: dict[str, Any] = {"msgtype": "m.text", "body": body}
+        if relates_to:
+            content["m.relates_to"] = relates_to
+        encrypted = encrypted_content("m.room.message", content, session_id)
+        event = self.add_event(room_id, "m.room.encrypted", encrypted, sender, age=age)
+        evt = EncryptedEvent.deserialize(event)
+        evt.source = SyncStream.JOINED_ROOM | SyncStream.TIMELINE
+        return evt
+
+    def encrypt_room(self, room_id: str) -> None:
+        """Makes the room encrypted, as its m.room.encryption state does."""
+        self.rooms.setdefault(room_id, FakeRoom(members={self.mxid: "join"}))
+        self.rooms[room_id].state[("m.room.encryption", "")] = {"algorithm": MEGOLM}
+
+    def dispatch_event(self, event: Event, source: SyncStream) -> list[asyncio.Task]:
+        """What maubot's client does with an event: hand it to every handler."""
+        self.dispatched.append(event)
+        if self.on_dispatch is None:
+            return []
+        task = asyncio.ensure_future(self.on_dispatch(event))
+        self.handler_tasks.append(task)
+        return [task]
 
     # The client calls the plugin makes
 
@@ -235,10 +407,7 @@ class FakeMatrix:
     async def encrypt(self, room_id: str, event_type: EventType, content: Any) -> dict[str, Any]:
         """Megolm stand-in: the ciphertext is the plain event as JSON."""
         plain = content.serialize() if hasattr(content, "serialize") else content
-        return {
-            "algorithm": "m.megolm.v1.aes-sha2",
-            "ciphertext": json.dumps({"type": str(event_type), "content": plain}),
-        }
+        return encrypted_content(str(event_type), plain, BOT_SESSION, "BOTDEVICE")
 
     async def get_messages(
         self, room_id: str, *args: Any, filter_json: Any = None, **kwargs: Any
@@ -334,7 +503,15 @@ class FakeMatrix:
     # What a user sees
 
     def messages(self, room_id: str) -> list[Sent]:
-        return [s for s in self.sent if s.room_id == room_id and s.type == "m.room.message"]
+        """The bot's messages in the room as a member reads them: encrypted ones decrypted."""
+        shown: list[Sent] = []
+        for sent in self.sent:
+            if sent.room_id == room_id and sent.type == "m.room.encrypted":
+                plain = json.loads(sent.content["ciphertext"])
+                sent = Sent(room_id, sent.event_id, plain["content"], plain["type"])
+            if sent.room_id == room_id and sent.type == "m.room.message":
+                shown.append(sent)
+        return shown
 
     def bodies(self, room_id: str) -> list[str]:
         """The body of every message the bot sent in the room, edits as they were sent."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import time
 from collections import deque
 from typing import Any
 
@@ -39,6 +40,8 @@ class Behavior:
 class Recorded:
     body: dict[str, Any]
     headers: dict[str, str]
+    # When the request arrived (time.monotonic(), comparable across processes on Linux).
+    at: float = field(factory=time.monotonic)
 
 
 def closed_port_url(path: str = "") -> str:

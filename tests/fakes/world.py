@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 from attrs import define
-from mautrix.types import MessageEvent
+from mautrix.types import EncryptedEvent, Event, MessageEvent
 
 from plugin import parts
 from plugin.agents.base import AgentRequest
@@ -26,7 +26,7 @@ from plugin.matrix.binding import new_chat_id
 from plugin.ops.metrics import Metrics
 from plugin.ops.settings import Settings
 from tests.config import settings
-from tests.fakes.matrix import ALICE, FakeMatrix, FakeRoom
+from tests.fakes.matrix import ALICE, FakeCrypto, FakeMatrix, FakeRoom
 
 
 class ScriptedAgent:
@@ -112,6 +112,26 @@ class World:
         await self.parts.intake.on_message(evt)
         return evt
 
+    def enable_crypto(self) -> FakeCrypto:
+        """The client gets crypto, as on a maubot with its encryption packages."""
+        crypto = FakeCrypto()
+        self.fake.crypto = crypto
+        return crypto
+
+    async def say_encrypted(
+        self, room_id: str, text: str, sender: str = ALICE, **kwargs: Any
+    ) -> EncryptedEvent:
+        """An encrypted message, handled as maubot's client handles it: decrypted and handed on
+        when its key is here (maubot's DecryptionDispatcher), and given to the plugin's own
+        m.room.encrypted handler either way."""
+        evt = self.fake.encrypted_message(room_id, text, sender, **kwargs)
+        crypto = self.fake.crypto
+        if isinstance(crypto, FakeCrypto) and evt.content.session_id in crypto.sessions:
+            decrypted = await crypto.decrypt_megolm_event(evt)
+            await self.parts.intake.on_message(decrypted)  # type: ignore[arg-type]
+        await self.parts.undecryptable.on_encrypted(evt)
+        return evt
+
     async def command(self, room_id: str, args: str, sender: str = ALICE) -> MessageEvent:
         """`!ai <args>` sent in the room, routed as maubot routes the plugin's command."""
         prefix = self.settings.command_prefix
@@ -122,6 +142,7 @@ class World:
     async def settle(self, timeout: float = 5) -> None:
         """Waits until every room's queue is answered."""
         deadline = time.monotonic() + timeout
+        await asyncio.gather(*self.fake.handler_tasks)
         while self.parts.queues.busy():
             assert time.monotonic() < deadline, "the queues did not drain"
             await asyncio.sleep(0.01)
@@ -168,4 +189,11 @@ def make_world(
         logging.getLogger("test"),
     )
     built.intake.start()
+
+    async def deliver(event: Event) -> None:
+        # Where the client's own dispatch leads in the plugin: its message handler.
+        if isinstance(event, MessageEvent):
+            await built.intake.on_message(event)
+
+    fake.on_dispatch = deliver
     return World(fake, store, built, metrics, current)

@@ -5,7 +5,8 @@ has an mautrix OlmMachine: its keys are uploaded before the first /sync, room ke
 stored before the timeline of the same /sync is read, and every m.room.encrypted event is replaced
 in the recorded timeline by what it decrypts to (type and content as the sender wrote them). So
 `replies_to`, `wait_for_reply` and `events` work unchanged in encrypted rooms; `raw_types` and
-`get_event` tell what the homeserver stored.
+`get_event` tell what the homeserver stored. Like Element, it answers a key request from another
+user's device with the key of a session it shared with that device.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from mautrix.client import Client, SyncStream
@@ -23,18 +25,23 @@ from mautrix.crypto.store import MemoryCryptoStore
 from mautrix.errors import DecryptionError
 from mautrix.types import (
     DeviceID,
+    DeviceIdentity,
     DeviceLists,
     DeviceOTKCount,
     EncryptedEvent,
+    EncryptionAlgorithm,
     EventType,
+    RequestedKeyInfo,
     RoomID,
+    RoomKeyEventContent,
+    SessionID,
     StateEvent,
     ToDeviceEvent,
     TrustState,
     UserID,
 )
 
-from .matrix_user import MatrixError, MatrixUser
+from .matrix_user import MatrixUser
 
 if TYPE_CHECKING:
     from .synapse import Synapse
@@ -85,7 +92,11 @@ class CryptoMatrixUser(MatrixUser):
         # both when sending a room key and when one is requested.
         self.machine.send_keys_min_trust = TrustState.UNVERIFIED
         self.machine.share_keys_min_trust = TrustState.UNVERIFIED
+        self.machine.allow_key_share = self._allow_key_share
         self.client.crypto = self.machine
+        # The key requests this user received, and those it answered with a key.
+        self.key_requests: list[str] = []
+        self.keys_forwarded: list[str] = []
         # event_id -> the event's type as the homeserver delivered it (m.room.encrypted or not).
         self.raw_types: dict[str, str] = {}
         # event_id -> the encrypted event as delivered, for events that were decrypted.
@@ -95,9 +106,11 @@ class CryptoMatrixUser(MatrixUser):
         self.crypto_errors: list[str] = []
 
     @classmethod
-    async def register(cls, synapse: Synapse, localpart: str) -> CryptoMatrixUser:
+    async def register(
+        cls, synapse: Synapse, localpart: str, password: str = "password"
+    ) -> CryptoMatrixUser:
         """A new account with one device, syncing, its keys uploaded: ready to be encrypted for."""
-        account = await asyncio.to_thread(synapse.register, localpart)
+        account = await asyncio.to_thread(synapse.register, localpart, password)
         user = cls(synapse.url, account["user_id"], account["access_token"], account["device_id"])
         user.start()
         assert user._sync_task is not None
@@ -134,6 +147,8 @@ class CryptoMatrixUser(MatrixUser):
             for raw in data.get("to_device", {}).get("events", []):
                 if raw.get("type") == ENCRYPTED:
                     await self._handle_to_device(raw)
+                elif raw.get("type") == "m.room_key_request":
+                    await self._handle_key_request(raw)
             rooms = data.get("rooms", {})
             for section in ("join", "leave"):
                 for room_id, room in rooms.get(section, {}).items():
@@ -171,6 +186,22 @@ class CryptoMatrixUser(MatrixUser):
             await self.machine.handle_to_device_event(evt)
         except DecryptionError as e:
             self.crypto_errors.append(f"to-device from {raw.get('sender')}: {e}")
+
+    async def _handle_key_request(self, raw: dict[str, Any]) -> None:
+        evt = ToDeviceEvent.deserialize(raw)
+        evt.type = evt.type.with_class(EventType.Class.TO_DEVICE)
+        evt.source = SyncStream.TO_DEVICE
+        if raw.get("content", {}).get("action") == "request":
+            self.key_requests.append(raw["content"]["body"]["session_id"])
+        await self.machine.handle_room_key_request(evt)
+
+    async def _allow_key_share(self, device: DeviceIdentity, request: RequestedKeyInfo) -> bool:
+        """Element shares a key on request with the devices it shared the session with: here,
+        every device of the room's other members, and never its own (mautrix's rule)."""
+        if device.user_id == self.user_id:
+            return await self.machine.default_allow_key_share(device, request)
+        self.keys_forwarded.append(request.session_id)
+        return True
 
     async def _track_state(self, room_id: str, room: dict[str, Any]) -> None:
         """Keeps mautrix's state store current: whether a room is encrypted, and who is in it.
@@ -230,16 +261,10 @@ class CryptoMatrixUser(MatrixUser):
             extra["initial_state"] = [*extra.get("initial_state", []), encryption_state()]
         return await super().create_room(name, invite, is_direct, **extra)
 
-    async def is_encrypted(self, room_id: str) -> bool:
-        if ("m.room.encryption", "") in self.state.get(room_id, {}):
-            return True
-        try:
-            await self.get_state(room_id, "m.room.encryption")
-        except MatrixError as e:
-            if e.status == 404:
-                return False
-            raise
-        return True
+    async def new_session(self, room_id: str) -> None:
+        """Drops the room's outbound session, so the next message goes in a new one (as when a
+        session rotates)."""
+        await self.crypto_store.remove_outbound_group_session(RoomID(room_id))
 
     async def share_session(self, room_id: str) -> None:
         """Shares a new megolm session with the room's devices unless one is already out.
@@ -270,10 +295,25 @@ class CryptoMatrixUser(MatrixUser):
         What a client with a broken key share produces: the event is well formed, but neither
         the bot nor this user can ever decrypt it.
         """
+        event_id, _ = await self.send_with_key_withheld(room_id, body)
+        return event_id
+
+    async def send_with_key_withheld(
+        self, room_id: str, body: str
+    ) -> tuple[str, Callable[[str], Awaitable[None]]]:
+        """A text message in a fresh megolm session whose key goes to nobody yet; the returned
+        function sends it to one user's devices later: a key that arrives late."""
         session = OutboundGroupSession(RoomID(room_id))
         # mautrix refuses to encrypt with a session it has not shared; this one is "shared" with
         # no device on purpose, and never stored, so the room's real session is left alone.
         session.shared = True
+        # Exported before the message, so that the key opens it (index 0).
+        key = RoomKeyEventContent(
+            algorithm=EncryptionAlgorithm.MEGOLM_V1,
+            room_id=RoomID(room_id),
+            session_id=SessionID(session.id),
+            session_key=session.session_key,
+        )
         plaintext = {
             "room_id": room_id,
             "type": "m.room.message",
@@ -286,4 +326,14 @@ class CryptoMatrixUser(MatrixUser):
             "session_id": session.id,
             "ciphertext": session.encrypt(json.dumps(plaintext)),
         }
-        return await super().send(room_id, content, ENCRYPTED)
+        event_id = await super().send(room_id, content, ENCRYPTED)
+
+        async def share_with(user_id: str) -> None:
+            # Known since this user shared a session in a room with them.
+            devices = await self.crypto_store.get_devices(UserID(user_id))
+            if not devices:
+                raise RuntimeError(f"{self.user_id} knows no device of {user_id}")
+            for device in devices.values():
+                await self.machine.send_encrypted_to_device(device, EventType.ROOM_KEY, key)
+
+        return event_id, share_with

@@ -13,6 +13,9 @@ from attrs import define
 from .deploy import Deployment
 from .matrix_user import MatrixError, MatrixUser, Reply
 
+# A part of a long answer that more parts follow.
+CONTINUED = "org.agentspaces.continued"
+
 BINDING_TYPE = "org.agentspaces.room"
 SPACE_TYPE = "org.agentspaces.space"
 ANSWERED_TYPE = "org.agentspaces.answered"
@@ -78,6 +81,32 @@ async def agent_room(
     return (await onboard(user, bot)).rooms[agent["id"]]
 
 
+async def answers(user: MatrixUser, room_id: str, event_id: str, bot: Deployment) -> list[Reply]:
+    """The bot's replies to one message, edits applied; all final once it is answered."""
+
+    def complete() -> list[Reply] | None:
+        replies = user.replies_to(room_id, event_id, bot.bot_id)
+        done = replies and all(r.final for r in replies) and not replies[-1].content.get(CONTINUED)
+        return replies if done else None
+
+    return await user.wait_for(complete, 60, f"the answer to {event_id}")
+
+
+async def answered_once_in_order(
+    user: MatrixUser, room_id: str, event_ids: list[str], bot: Deployment
+) -> list[Reply]:
+    """Each message's one answer, in the order of `event_ids`, checked to have come in that
+    order."""
+    replies = []
+    for event_id in event_ids:
+        (reply,) = await answers(user, room_id, event_id, bot)
+        replies.append(reply)
+    timeline = [e["event_id"] for e in user.events(room_id, "m.room.message", bot.bot_id)]
+    order = [reply.event_id for reply in replies]
+    assert sorted(order, key=timeline.index) == order, "answered in the order they were sent"
+    return replies
+
+
 async def space_children(user: MatrixUser, space_id: str) -> list[str]:
     """The Space's children as the user sees them: links the bot sent, with content."""
     state = await user.full_state(space_id)
@@ -114,6 +143,24 @@ def plugin_db_url(bot: Deployment, db_kind: str, request: pytest.FixtureRequest)
         url = request.getfixturevalue("postgres_url")
         return url.replace("postgresql://", "postgresql+psycopg2://"), f"mbp_{bot.instance_id}"
     return f"sqlite:///{bot.server.plugin_db_dir / (bot.instance_id + '.db')}", None
+
+
+async def delete_plugin_database(
+    bot: Deployment, db_kind: str, request: pytest.FixtureRequest
+) -> None:
+    """Deletes the instance's own database, as an operator may (maubot stopped): Matrix holds
+    the truth, and the next start rebuilds it."""
+    if db_kind == "postgres":
+        import psycopg2
+
+        conn = psycopg2.connect(request.getfixturevalue("postgres_url"))
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(f'DROP SCHEMA "mbp_{bot.instance_id}" CASCADE')
+        conn.close()
+    else:
+        for path in bot.server.plugin_db_dir.glob(f"{bot.instance_id}.db*"):
+            path.unlink()
 
 
 async def db_rows(

@@ -145,6 +145,17 @@ class MatrixUser:
         """One event as the homeserver stores it: an encrypted one keeps m.room.encrypted."""
         return await self.request("GET", f"/rooms/{quote(room_id)}/event/{quote(event_id)}")
 
+    async def is_encrypted(self, room_id: str) -> bool:
+        if ("m.room.encryption", "") in self.state.get(room_id, {}):
+            return True
+        try:
+            await self.get_state(room_id, "m.room.encryption")
+        except MatrixError as e:
+            if e.status == 404:
+                return False
+            raise
+        return True
+
     async def full_state(self, room_id: str) -> list[dict[str, Any]]:
         return await self.request("GET", f"/rooms/{quote(room_id)}/state")
 

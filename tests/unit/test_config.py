@@ -124,6 +124,7 @@ def _section_of(lines: list[str], index: int) -> str:
         ("access:\n  allowed: '@*:x'\n", "access.allowed", "must be a list"),
         ("onboarding:\n  rooms: [ghost]\n", "onboarding.rooms", "not one of the agents"),
         ("rooms:\n  encrypt: maybe\n", "rooms.encrypt", "must be one of"),
+        ("rooms:\n  key_wait: soon\n", "rooms.key_wait", "must be a number"),
         ("agents: []\n", "agents", "non-empty list"),
         (f"agents:\n  - id: x\n   api_key: '{SECRET}\n", "config", "line 3"),
         ("- just\n- a list\n", "config", "mapping"),
@@ -158,7 +159,9 @@ def test_a_broken_section_is_reported_once_not_key_by_key() -> None:
     ]
 
 
-def _live(stored: StoredConfig, store: Store) -> tuple[LiveConfig, Metrics, list[str]]:
+def _live(
+    stored: StoredConfig, store: Store, crypto: bool = True
+) -> tuple[LiveConfig, Metrics, list[str]]:
     logged: list[str] = []
 
     class Capture(logging.Handler):
@@ -169,7 +172,8 @@ def _live(stored: StoredConfig, store: Store) -> tuple[LiveConfig, Metrics, list
     log.addHandler(Capture())
     log.setLevel(logging.DEBUG)
     metrics = Metrics()
-    return LiveConfig(stored.config(), "example.org", store.state, log, metrics), metrics, logged
+    live = LiveConfig(stored.config(), "example.org", store.state, log, metrics, lambda: crypto)
+    return live, metrics, logged
 
 
 async def test_first_start_generates_and_saves_the_web_token(store: Store) -> None:
@@ -266,6 +270,36 @@ async def test_an_invalid_config_at_first_start_serves_admins_only(store: Store)
     assert stored.text == text
     assert any("serving admins only" in line for line in logged), logged
     assert "admins only" in live.status
+
+
+def test_encrypt_always_needs_a_client_with_crypto() -> None:
+    text = "rooms:\n  encrypt: always\n"
+    with pytest.raises(ConfigError) as raised:
+        load_settings(StoredConfig(text).config(), "example.org", crypto=False)
+    (problem,) = raised.value.problems
+    assert problem.startswith("rooms.encrypt: is 'always', but this maubot client has no "), problem
+    assert "could not read the rooms it creates" in problem
+    for mode in ("auto", "never"):
+        settings = load_settings(
+            StoredConfig(f"rooms:\n  encrypt: {mode}\n").config(), "example.org", crypto=False
+        )
+        assert settings.encrypt == mode
+    assert load_settings(StoredConfig(text).config(), "example.org").encrypt == "always"
+
+
+async def test_encrypt_always_is_rejected_live_without_crypto(store: Store) -> None:
+    stored = StoredConfig("")
+    live, metrics, logged = _live(stored, store, crypto=False)
+    settings = await live.at_start()
+    valid_text = stored.text
+
+    stored.text = "rooms:\n  encrypt: always\n"
+    after = await live.changed(settings)
+
+    assert after is settings and after.encrypt == "auto"
+    assert stored.text == valid_text
+    assert any("rejected" in line and "rooms.encrypt: is 'always'" in line for line in logged)
+    assert metrics.errors_by_kind["config"] == 1
 
 
 def test_parse_settings_expands_server_in_patterns() -> None:

@@ -66,7 +66,7 @@ async def test_admin_commands_are_for_admins_only(world: World) -> None:
     admin_help = await world.command(DM, "help", sender=ROOT)
 
     assert reply(world, refused) == "`!ai admin status` is for admins only."
-    assert reply(world, allowed) == "No reconciliation has run yet."
+    assert reply(world, allowed) == "No reconciliation has run yet.\n\nNo catch-up has run yet."
     assert "admin" not in (reply(world, user_help) or "")
     assert "- `!ai admin reconcile`: " in (reply(world, admin_help) or "")
 

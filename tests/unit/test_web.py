@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from html import escape
+
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
@@ -9,6 +11,7 @@ from plugin.db import Store
 from plugin.db.rows import RoomRow
 from plugin.ops.metrics import Metrics
 from plugin.ops.web import StatusPages, authorized
+from plugin.startup.catchup import CatchUpReport
 from plugin.startup.reconcile import ReconcileReport
 from tests.config import settings
 
@@ -52,7 +55,11 @@ def room_row(room_id: str, owner: str, title: str) -> RoomRow:
 
 
 async def pages(
-    store: Store, queue_depth: int = 0, report: ReconcileReport | None = None
+    store: Store,
+    queue_depth: int = 0,
+    report: ReconcileReport | None = None,
+    catch_up: CatchUpReport | None = None,
+    metrics: Metrics | None = None,
 ) -> StatusPages:
     """The pages over a store with one user and one room, whose names try to inject HTML."""
     await store.users.upsert(OWNER, "!space:example.org")
@@ -73,7 +80,7 @@ async def pages(
             created_at=0,
         )
     )
-    metrics = Metrics()
+    metrics = metrics or Metrics()
     metrics.reply("echo", 0.1)
     metrics.error("backend", f"HTTP 502 from {EVIL}", agent_id="gpt")
     return StatusPages(
@@ -84,6 +91,7 @@ async def pages(
         lambda: queue_depth,
         lambda: report,
         lambda: "valid",
+        lambda: catch_up,
     )
 
 
@@ -109,6 +117,24 @@ async def test_status_shows_the_last_report_and_the_queue(store: Store) -> None:
     assert f"<dt>Last reconciliation</dt><dd>{report.summary()}</dd>" in html
     assert "rooms=3" in report.summary()
     assert "<dt>Queue depth</dt><dd>7</dd>" in html
+
+
+async def test_status_counts_undecryptable_messages_and_shows_the_catch_up(store: Store) -> None:
+    metrics = Metrics()
+    metrics.undecryptable()
+    metrics.undecryptable()
+    catch_up = CatchUpReport(rooms_checked=2, undecryptable=1, rebuilt=1, unreadable=3)
+    status = await pages(store, catch_up=catch_up, metrics=metrics)
+
+    html = await status.render_status()
+    response = await status.metrics_page(make_mocked_request("GET", "/metrics?token=tok-123"))
+
+    assert "<dt>Undecryptable messages</dt><dd>2</dd>" in html
+    assert f"<dt>Last catch-up</dt><dd>{escape(catch_up.summary())}</dd>" in html
+    assert "undecryptable=1" in catch_up.summary()
+    assert "3 encrypted events could not be decrypted" in catch_up.summary()
+    assert isinstance(response, web.Response) and isinstance(response.body, bytes)
+    assert b"\nagentspaces_undecryptable_total 2\n" in response.body
 
 
 def test_token_by_header_or_query_only() -> None:
