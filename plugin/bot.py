@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from maubot import MessageEvent, Plugin
 from maubot.handlers import command, event
-from mautrix.types import EventType, StateEvent
+from mautrix.types import EventType, ReactionEvent, StateEvent
 from mautrix.util.async_db import UpgradeTable
 from mautrix.util.config import BaseProxyConfig
 
@@ -97,6 +97,10 @@ class AgentSpacesBot(Plugin):
     @event.on(EventType.ROOM_MESSAGE)
     async def on_message(self, evt: MessageEvent) -> None:
         await self.parts.intake.on_message(evt)
+
+    @event.on(EventType.REACTION)
+    async def on_reaction(self, evt: ReactionEvent) -> None:
+        await self.parts.reactions.on_reaction(evt)
 
     @event.on(EventType.ROOM_NAME)
     async def on_room_name(self, evt: StateEvent) -> None:

@@ -14,26 +14,34 @@ from .commands.context import ContextCommands
 from .commands.memory import MemoryCommands
 from .commands.rooms import RoomCommands
 from .commands.router import CommandRouter
+from .commands.sharing import SharingCommands
+from .commands.usage import UsageCommands
 from .conversation.agent_call import AgentCaller
 from .conversation.compaction import Compaction
 from .conversation.context import ContextManager
+from .conversation.controls import RunningAnswers
 from .conversation.delivery import Delivery
 from .conversation.intake import Intake
 from .conversation.pipeline import ShowChain
 from .conversation.queues import RoomQueues
 from .conversation.quota import Quota
+from .conversation.reactions import Reactions
 from .conversation.refusals import Refusals
+from .conversation.threads import ThreadRoots
 from .conversation.turn import TurnRunner
 from .conversation.typing import TypingNotices
 from .db import Store
 from .db.batch import GroupCommit
 from .matrix.creation import RoomCreator
+from .matrix.identity import AgentIdentity
 from .matrix.links import SpaceLinks
 from .matrix.outbox import Outbox, Transport
 from .matrix.record import MatrixRecord
 from .ops.metrics import Metrics
 from .ops.settings import Settings
 from .spaces.bindings import Bindings
+from .spaces.collaborators import Collaborators
+from .spaces.forks import Forks
 from .spaces.membership import MembershipHandler
 from .spaces.onboarding import Onboarding
 from .spaces.rooms import WorkingRooms
@@ -52,6 +60,7 @@ class Parts:
     context: ContextManager
     queues: RoomQueues
     intake: Intake
+    reactions: Reactions
     refusals: Refusals
     router: CommandRouter
     startup: Startup
@@ -72,16 +81,18 @@ def build(
     links = SpaceLinks(outbox, server_name)
     bindings = Bindings(record, store)
     creator = RoomCreator(client)
-    rooms = WorkingRooms(client, store, outbox, links, bindings, creator, settings, log)
+    identity = AgentIdentity(client, outbox, store, http, log)
+    rooms = WorkingRooms(client, store, outbox, links, bindings, creator, identity, settings, log)
     onboarding = Onboarding(client, store, record, rooms, settings, log)
     membership = MembershipHandler(client, store, outbox, onboarding, rooms, record, settings, log)
-    context = ContextManager(store, bindings)
+    context = ContextManager(store, bindings, ThreadRoots(client))
     quota = Quota(store, settings)
     refusals = Refusals(outbox, store)
     caller = AgentCaller(http, TypingNotices(client, log), metrics, settings)
     dispatch_log = log.getChild("dispatch")
     delivery = Delivery(GroupCommit(store, dispatch_log), dispatch_log)
     compaction = Compaction(store, context, caller, outbox, metrics, settings, dispatch_log)
+    running = RunningAnswers()
     turns = TurnRunner(
         store,
         context,
@@ -91,6 +102,7 @@ def build(
         delivery,
         compaction,
         ShowChain(),
+        running,
         outbox,
         metrics,
         settings,
@@ -100,6 +112,7 @@ def build(
     intake = Intake(
         client.mxid, store, queues, quota, refusals, delivery, metrics, settings, dispatch_log
     )
+    reactions = Reactions(client, store, queues, running, http, metrics, settings, dispatch_log)
     reconciler = Reconciler(client, store, record, links, log, membership.handle_invite)
     catch_up = CatchUp(client, store, outbox, intake, queues, quota, settings, log)
     startup = Startup(reconciler, catch_up, metrics, log)
@@ -107,6 +120,9 @@ def build(
     RoomCommands(onboarding, rooms).register(router)
     ContextCommands(context, intake).register(router)
     MemoryCommands(store).register(router)
+    forks = Forks(client, store, context, onboarding, outbox, settings, log)
+    SharingCommands(Collaborators(client, bindings, settings, log), forks).register(router)
+    UsageCommands(store).register(router)
     AdminCommands(lambda: startup.last_report, startup.reconcile).register(router)
     return Parts(
         store,
@@ -117,6 +133,7 @@ def build(
         context,
         queues,
         intake,
+        reactions,
         refusals,
         router,
         startup,

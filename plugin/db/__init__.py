@@ -10,6 +10,7 @@ from mautrix.util.async_db import Database
 from .cache import RowCache
 from .rows import MemoryRow, RoomRow
 from .tables import (
+    AgentUsageTable,
     Executor,
     MemoryTable,
     MessageTable,
@@ -38,6 +39,7 @@ class Store:
         self.turns = TurnTable(db)
         self.memory = MemoryTable(db, self.caches.memories, fill)
         self.usage = UsageTable(db)
+        self.agent_usage = AgentUsageTable(db)
         self.messages = MessageTable(db)
         self.state = StateTable(db)
 

@@ -33,6 +33,9 @@ class Metrics:
     recent_errors: deque[ErrorRecord] = field(factory=lambda: deque(maxlen=RECENT_ERRORS))
     # agent id -> "ok" or the last failure, as the status page shows it.
     agent_health: dict[str, str] = field(factory=dict)
+    # Keyed by configured agent ids (and ratings), so bounded by the config.
+    tokens_by_agent: Counter[str] = field(factory=Counter)
+    feedback_by_agent: Counter[tuple[str, str]] = field(factory=Counter)
 
     def message_in(self) -> None:
         self.messages_in += 1
@@ -49,6 +52,13 @@ class Metrics:
         for bound in LATENCY_BUCKETS:
             if seconds <= bound:
                 self.latency_buckets[bound] += 1
+
+    def tokens(self, agent_id: str, tokens: int) -> None:
+        """Tokens one answer cost: as the server reported them, else estimated."""
+        self.tokens_by_agent[agent_id] += tokens
+
+    def feedback(self, agent_id: str, rating: str) -> None:
+        self.feedback_by_agent[(agent_id, rating)] += 1
 
     def error(self, kind: str, message: str, agent_id: str | None = None) -> None:
         """`message` is shown on the status page: it must never hold a secret."""
@@ -82,6 +92,21 @@ class Metrics:
             "counter",
             "Agent replies by agent.",
             [(f'{{agent="{_escape(a)}"}}', n) for a, n in sorted(self.replies_by_agent.items())],
+        )
+        metric(
+            "tokens_total",
+            "counter",
+            "Tokens of the agents' answers by agent (reported by the server, else estimated).",
+            [(f'{{agent="{_escape(a)}"}}', n) for a, n in sorted(self.tokens_by_agent.items())],
+        )
+        metric(
+            "feedback_total",
+            "counter",
+            "Reactions of feedback on answers by agent and rating (up or down).",
+            [
+                (f'{{agent="{_escape(a)}",rating="{_escape(r)}"}}', n)
+                for (a, r), n in sorted(self.feedback_by_agent.items())
+            ],
         )
         metric(
             "errors_total",

@@ -84,8 +84,10 @@ class MembershipHandler:
                 self.log.warning(f"Could not decline the invite to {room_id}: {e}")
             return
         try:
-            # maubot's autojoin may have joined already; joining again changes nothing.
-            await self.client.join_room(room_id)
+            # maubot's autojoin may have joined already; joining again changes nothing. One try:
+            # mautrix retries a failed join for over a minute, and an invite into a room that
+            # everyone left fails for good, which would hold up a start's reconciliation.
+            await self.client.join_room(room_id, max_retries=0)
         except MatrixError as e:
             self.log.warning(f"Could not join {room_id} after the invite of {inviter}: {e}")
             return

@@ -19,10 +19,11 @@ from maubot.matrix import MaubotMatrixClient
 from mautrix.types import MessageEvent
 from mautrix.util.logging import TraceLogger
 
-from ..conversation.context import ASSISTANT, USER
-from ..conversation.intake import Intake, is_agent_message, job_of
+from ..conversation.context import ASSISTANT
+from ..conversation.intake import Intake, job_of
 from ..conversation.queues import RoomQueues
 from ..conversation.quota import Quota
+from ..conversation.threads import thread_of
 from ..db import Store
 from ..db.rows import ANSWERED, RECEIVED, MessageRow, RoomRow, now_ms
 from ..matrix.outbox import Outbox
@@ -30,7 +31,8 @@ from ..matrix.replies import Timeline, resolve
 from ..matrix.sync import fresh_initial_sync
 from ..matrix.timeline import walk_back
 from ..ops.settings import Settings
-from .backlog import Backlog, candidates, parse_event, plan_backlog, skipped_notice
+from .backlog import Backlog, candidates, plan_backlog, skipped_notice
+from .rebuild import NewTurn, conversation_turns, fork_prefix, room_messages, within
 
 # How far back one room's walk may go, in events.
 MAX_WALK = 1000
@@ -144,13 +146,9 @@ class CatchUp:
         stop_at = {cursor} if cursor else set()
         events = await walk_back(self.client, room.room_id, stop_at, 0, MAX_WALK)
         timeline = resolve(events, self.client.mxid)
-        in_timeline = [
-            evt
-            for raw in events
-            if raw.get("sender") != self.client.mxid
-            and (evt := parse_event(raw)) is not None
-            and is_agent_message(evt, room, settings)
-        ]
+        messages, notes = room_messages(events, room, settings, self.client.mxid)
+        # A shared room's notes called no agent: they have nothing to answer.
+        in_timeline = [evt for evt in messages if evt.event_id not in notes]
         found = candidates(pending, in_timeline)
         states = {row.event_id: row.state for row in pending}
         states.update(await self.store.messages.states([evt.event_id for evt in in_timeline]))
@@ -159,7 +157,8 @@ class CatchUp:
         )
         await self._apply(room, backlog, timeline, report)
         if rebuild:
-            await self._rebuild(room, timeline, in_timeline, settings)
+            turns = conversation_turns(room, events, timeline, messages, notes, settings)
+            await self._rebuild(room, turns, settings)
             report.rebuilt += 1
         if events:
             newest = events[-1]
@@ -183,8 +182,9 @@ class CatchUp:
                 await self.store.messages.set_state(event_id, ANSWERED)
             report.skipped += len(skipped)
         # Claimed only now: what the live handler claimed meanwhile is queued already.
+        settings = self.settings()
         jobs = [
-            job_of(evt, resume=resume)
+            job_of(evt, resume=resume, thread=thread_of(evt, settings))
             for evt, resume in backlog.answer
             if self.queues.claim(evt.event_id)
         ]
@@ -201,37 +201,26 @@ class CatchUp:
             await tx.messages.set_state(event_id, ANSWERED)
             turn = await tx.turns.for_event(room.room_id, event_id)
             if turn is not None and not turn.answered and text is not None:
-                await tx.turns.add_answered(room.room_id, [(None, ASSISTANT, text)])
+                answer = [(None, ASSISTANT, text)]
+                await tx.turns.add_answered(room.room_id, answer, turn.thread_root)
                 await tx.turns.set_answered(turn.id, True)
 
     async def _rebuild(
-        self,
-        room: RoomRow,
-        timeline: Timeline,
-        messages: list[MessageEvent],
-        settings: Settings,
+        self, room: RoomRow, turns: dict[str, list[NewTurn]], settings: Settings
     ) -> None:
-        """Rebuilds a wiped history from the timeline, newest turns first, up to the budget: the
-        messages that were answered, and their answers."""
+        """Rebuilds a wiped history from the timeline, newest turns first, up to the budget:
+        each conversation's answered messages and their answers (a fork's, after the turns of
+        the room it came from)."""
         agent = settings.agents.get(room.agent_id)
         budget = (agent.max_context_tokens if agent else 8000) * 4
-        turns: list[tuple[str | None, str, str]] = []
-        for evt in messages:
-            if not timeline.answered(evt.event_id):
-                continue
-            turns.append((evt.event_id, USER, evt.content.body or ""))
-            answer = timeline.answer_text(evt.event_id)
-            if answer is not None:
-                turns.append((None, ASSISTANT, answer))
-        kept: list[tuple[str | None, str, str]] = []
-        size = 0
-        for turn in reversed(turns):
-            size += len(turn[2])
-            if size > budget:
-                break
-            kept.append(turn)
-        if kept:
-            await self.store.turns.add_answered(room.room_id, reversed(kept))
+        if room.fork_room:
+            origin = await self.store.rooms.get(room.fork_room)
+            prefix = await fork_prefix(self.client, room, origin, settings)
+            turns[""] = [*prefix, *turns.get("", [])]
+        for thread, conversation in turns.items():
+            kept = within(conversation, budget)
+            if kept:
+                await self.store.turns.add_answered(room.room_id, kept, thread)
 
 
 async def _record(store: Store, evt: MessageEvent, state: str) -> None:

@@ -16,6 +16,7 @@ from tests.harness.flows import (
     Onboarded,
     bot_account_data,
     db_rows,
+    delete_plugin_database,
     onboard,
 )
 from tests.harness.matrix_user import MatrixUser
@@ -57,22 +58,6 @@ async def topology(bot: Deployment, db_kind: str, request: pytest.FixtureRequest
 def bot_client(bot: Deployment) -> MatrixUser:
     """Acts as the bot's own account, to change Matrix while the plugin is down."""
     return MatrixUser(bot.synapse.url, bot.bot_id, bot.bot_token)
-
-
-async def delete_plugin_database(
-    bot: Deployment, db_kind: str, request: pytest.FixtureRequest
-) -> None:
-    if db_kind == "postgres":
-        import psycopg2
-
-        conn = psycopg2.connect(request.getfixturevalue("postgres_url"))
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute(f'DROP SCHEMA "mbp_{bot.instance_id}" CASCADE')
-        conn.close()
-    else:
-        for path in bot.server.plugin_db_dir.glob(f"{bot.instance_id}.db*"):
-            path.unlink()
 
 
 async def setup(
