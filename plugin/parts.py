@@ -120,8 +120,7 @@ def build(
     RoomCommands(onboarding, rooms).register(router)
     ContextCommands(context, intake).register(router)
     MemoryCommands(store).register(router)
-    forks = Forks(client, store, context, onboarding, outbox, settings, log)
-    SharingCommands(Collaborators(client, bindings, settings, log), forks).register(router)
+    _sharing(client, store, bindings, context, onboarding, outbox, settings, log).register(router)
     UsageCommands(store).register(router)
     AdminCommands(lambda: startup.last_report, startup.reconcile).register(router)
     return Parts(
@@ -138,3 +137,17 @@ def build(
         router,
         startup,
     )
+
+
+def _sharing(
+    client: MaubotMatrixClient,
+    store: Store,
+    bindings: Bindings,
+    context: ContextManager,
+    onboarding: Onboarding,
+    outbox: Outbox,
+    settings: Callable[[], Settings],
+    log: Logger,
+) -> SharingCommands:
+    forks = Forks(client, store, context, onboarding, outbox, settings, log)
+    return SharingCommands(Collaborators(client, bindings, settings, log), forks)

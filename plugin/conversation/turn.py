@@ -16,7 +16,7 @@ from logging import Logger
 from attrs import define
 from mautrix.errors import MatrixError
 
-from ..agents.base import BackendError, Turn
+from ..agents.base import AgentRequest, BackendError, Turn
 from ..db import Store
 from ..db.rows import ACTIVE, RoomRow
 from ..matrix.outbox import Outbox
@@ -27,7 +27,7 @@ from ..ops.settings import Settings
 from .agent_call import AgentCaller
 from .compaction import Compaction, agent_failed
 from .context import ASSISTANT, USER, ContextManager, estimate_tokens
-from .controls import STOPPED_NOTE, RunningAnswers
+from .controls import STOPPED_NOTE, CallControl, RunningAnswers
 from .delivery import Delivery
 from .pipeline import ShowChain
 from .queues import COMPACT, MESSAGE, NOTE, REGENERATE, RETRY, Job
@@ -38,6 +38,13 @@ from .stream import ReplyStream
 # When Matrix fails while a message is answered, it is tried again after these waits; after
 # that it stays unanswered in the delivery state, and the next start answers it.
 MATRIX_RETRY_WAITS = (2.0, 10.0)
+
+
+def used_tokens(control: CallControl, request: AgentRequest, text: str) -> int:
+    """The server's own count where it gave one; estimated otherwise."""
+    if control.usage is not None:
+        return control.usage.total
+    return request.context_tokens + estimate_tokens(text)
 
 
 @define(eq=False)
@@ -213,16 +220,12 @@ class TurnRunner:
         if control.stopped:
             text += STOPPED_NOTE
             stream.add(STOPPED_NOTE)
-        # The server's own count where it gave one; estimated otherwise.
-        usage = control.usage
-        tokens = usage.total if usage else request.context_tokens + estimate_tokens(text)
+        tokens = used_tokens(control, request, text)
         self.metrics.tokens(agent.id, tokens)
         exchange = [Turn(USER, job.text, job.sender), Turn(ASSISTANT, text)]
-        if job.kind == REGENERATE:
-            # The answer replaces one in the middle of the context: nothing new follows it.
-            exchange = []
         show = partial(self._show_answer, job, room, stream, text, tokens)
-        self.chain.then(job.key, show, exchange)
+        # A regenerated answer replaces one in the middle of the context: nothing new follows.
+        self.chain.then(job.key, show, [] if job.kind == REGENERATE else exchange)
 
     async def _show_answer(
         self, job: Job, room: RoomRow, stream: ReplyStream, text: str, tokens: int

@@ -71,6 +71,17 @@ class Metrics:
         self.reconcile_duration = duration
         self.reconcile_counts = {k: int(v) for k, v in counts.items()}
 
+    def _latency(self) -> list[str]:
+        """The backend latency histogram's lines."""
+        buckets = [(f'{{le="{b:g}"}}', self.latency_buckets[b]) for b in LATENCY_BUCKETS]
+        buckets.append(('{le="+Inf"}', self.latency_count))
+        name = "agentspaces_backend_latency_seconds"
+        lines = [f"# HELP {name} Agent backend latency.", f"# TYPE {name} histogram"]
+        lines += [f"{name}_bucket{labels} {value:g}" for labels, value in buckets]
+        lines.append(f"{name}_sum {self.latency_sum:g}")
+        lines.append(f"{name}_count {self.latency_count}")
+        return lines
+
     def render(self, queue_depth: int) -> str:
         lines: list[str] = []
 
@@ -114,14 +125,7 @@ class Metrics:
             "Errors by kind.",
             [(f'{{kind="{_escape(k)}"}}', n) for k, n in sorted(self.errors_by_kind.items())],
         )
-        buckets = [(f'{{le="{b:g}"}}', self.latency_buckets[b]) for b in LATENCY_BUCKETS]
-        buckets.append(('{le="+Inf"}', self.latency_count))
-        lines.append("# HELP agentspaces_backend_latency_seconds Agent backend latency.")
-        lines.append("# TYPE agentspaces_backend_latency_seconds histogram")
-        for labels, value in buckets:
-            lines.append(f"agentspaces_backend_latency_seconds_bucket{labels} {value:g}")
-        lines.append(f"agentspaces_backend_latency_seconds_sum {self.latency_sum:g}")
-        lines.append(f"agentspaces_backend_latency_seconds_count {self.latency_count}")
+        lines += self._latency()
         metric("queue_depth", "gauge", "Messages waiting for an agent.", [("", queue_depth)])
         metric(
             "reconcile_duration_seconds",
