@@ -17,7 +17,7 @@ from mautrix.types import ReactionEvent
 from ..agents.base import BackendError
 from ..agents.feedback import DOWN, UP, feedback_payload, send_feedback
 from ..db import Store
-from ..db.rows import ACTIVE, RoomRow
+from ..db.rows import ACTIVE, FeedbackRow, RoomRow, now_ms
 from ..ops import access
 from ..ops.metrics import Metrics
 from ..ops.settings import Settings
@@ -92,6 +92,8 @@ class Reactions:
             return
         message_id, thread = answered
         thread = thread if settings.threads else ""
+        row = FeedbackRow(target, sender, room.room_id, agent.id, rating, now_ms())
+        await self.store.feedback.record(row)
         self.metrics.feedback(agent.id, rating)
         body = feedback_payload(
             agent, chat_id_of(room, thread), room.room_id, sender, target, message_id, rating

@@ -12,6 +12,7 @@ from .rows import MemoryRow, RoomRow
 from .tables import (
     AgentUsageTable,
     Executor,
+    FeedbackTable,
     MemoryTable,
     MessageTable,
     RoomTable,
@@ -40,6 +41,7 @@ class Store:
         self.memory = MemoryTable(db, self.caches.memories, fill)
         self.usage = UsageTable(db)
         self.agent_usage = AgentUsageTable(db)
+        self.feedback = FeedbackTable(db)
         self.messages = MessageTable(db)
         self.state = StateTable(db)
 

@@ -161,3 +161,15 @@ async def upgrade_conversations(conn: Connection, scheme: Scheme) -> None:
             PRIMARY KEY (user_id, agent_id, day)
         )"""
     )
+    # 👍/👎 on answers: one rating per person and answer, the latest one.
+    await conn.execute(
+        """CREATE TABLE feedback (
+            event_id    TEXT NOT NULL,
+            user_id     TEXT NOT NULL,
+            room_id     TEXT NOT NULL,
+            agent_id    TEXT NOT NULL,
+            rating      TEXT NOT NULL,
+            created_at  BIGINT NOT NULL,
+            PRIMARY KEY (event_id, user_id)
+        )"""
+    )

@@ -183,3 +183,15 @@ class AgentUsageRow(Row):
     day: str
     messages: int
     tokens: int
+
+
+@define
+class FeedbackRow(Row):
+    """A 👍 ("up") or 👎 ("down") of one person on one of the bot's answers."""
+
+    event_id: str
+    user_id: str
+    room_id: str
+    agent_id: str
+    rating: str
+    created_at: int

@@ -18,6 +18,7 @@ from .rows import (
     ANSWERED,
     ROOM_LOCAL_COLUMNS,
     AgentUsageRow,
+    FeedbackRow,
     MemoryRow,
     MessageRow,
     RoomRow,
@@ -421,6 +422,29 @@ class AgentUsageTable:
             first_day,
         )
         return [AgentUsageRow.from_row(row) for row in rows]
+
+
+class FeedbackTable:
+    """The ratings of answers (see `FeedbackRow`); a person's new rating of an answer replaces
+    their earlier one."""
+
+    def __init__(self, db: Executor) -> None:
+        self.db = db
+
+    async def record(self, row: FeedbackRow) -> None:
+        await self.db.execute(
+            f"INSERT INTO feedback ({FeedbackRow.columns()}) VALUES ($1, $2, $3, $4, $5, $6) "
+            "ON CONFLICT (event_id, user_id) DO UPDATE SET rating=excluded.rating, "
+            "created_at=excluded.created_at",
+            *row.values(),
+        )
+
+    async def of_room(self, room_id: str) -> list[FeedbackRow]:
+        rows = await self.db.fetch(
+            f"SELECT {FeedbackRow.columns()} FROM feedback WHERE room_id=$1 ORDER BY created_at",
+            room_id,
+        )
+        return [FeedbackRow.from_row(row) for row in rows]
 
 
 class MessageTable:

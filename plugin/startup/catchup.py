@@ -142,6 +142,12 @@ class CatchUp:
         settings = self.settings()
         now = now_ms()
         cursor = room.context_start if rebuild else room.last_event_id
+        passed = [row for row in pending if row.sent_at < room.last_event_ts]
+        if passed and not rebuild:
+            # A message still being answered that the cursor moved past (an answer regenerated
+            # in place, or one shown after newer messages arrived): back to it, so that the
+            # parts of its interrupted reply are found and taken over, never posted again.
+            cursor = passed[0].event_id
         # Back to the cursor whatever the age, so that what is too old is told, not lost.
         stop_at = {cursor} if cursor else set()
         events = await walk_back(self.client, room.room_id, stop_at, 0, MAX_WALK)

@@ -6,9 +6,11 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import pytest
+
 from tests.fakes.servers import Behavior, FakeAgentPlatform, FakeOpenAI
 from tests.harness.deploy import Deployment
-from tests.harness.flows import agent_room, metrics_text
+from tests.harness.flows import agent_room, db_rows, metrics_text
 
 
 def user_texts(body: dict[str, Any]) -> list[str]:
@@ -77,7 +79,11 @@ async def test_stop_closes_the_backend_connection_and_says_it_was_stopped(
 
 
 async def test_thumbs_up_is_recorded_in_metrics_and_sent_to_the_http_agent(
-    module_bot: Deployment, make_user: Any, agent_server: FakeAgentPlatform
+    module_bot: Deployment,
+    make_user: Any,
+    agent_server: FakeAgentPlatform,
+    db_kind: str,
+    request: pytest.FixtureRequest,
 ) -> None:
     bot = module_bot
     alice = await make_user("alice")
@@ -102,6 +108,10 @@ async def test_thumbs_up_is_recorded_in_metrics_and_sent_to_the_http_agent(
         "reply_to": question,
         "rating": "up",
     }
+    rows = [r for r in await db_rows(bot, db_kind, request, "feedback") if r["room_id"] == room]
+    assert [(r["event_id"], r["user_id"], r["rating"]) for r in rows] == [
+        (answer.event_id, alice.user_id, "up")
+    ]
     assert re.search(
         r'^agentspaces_feedback_total\{agent="rated",rating="up"\} 1$',
         await metrics_text(bot),

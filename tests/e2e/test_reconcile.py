@@ -277,6 +277,7 @@ async def downgrade_to_v1(bot: Deployment, db_kind: str, request: pytest.Fixture
         "ALTER TABLE room DROP COLUMN fork_event",
         "ALTER TABLE room DROP COLUMN thread_starts",
         "DROP TABLE agent_usage",
+        "DROP TABLE feedback",
         "ALTER TABLE room DROP COLUMN chat_id",
         "ALTER TABLE room DROP COLUMN updated_at",
         "ALTER TABLE agent_user DROP COLUMN updated_at",

@@ -13,8 +13,9 @@ from plugin.agents import backend_for
 from plugin.agents.base import AgentRequest, Turn, Usage
 from plugin.agents.feedback import feedback_payload, send_feedback
 from plugin.db import Store
-from plugin.db.rows import RoomRow
+from plugin.db.rows import ANSWERED, ANSWERING, RoomRow
 from plugin.matrix.identity import AgentIdentity
+from plugin.matrix.replies import STREAMING_KEY
 from plugin.ops.config import ConfigError
 from plugin.ops.metrics import Metrics
 from tests.config import agent_settings, settings
@@ -102,6 +103,11 @@ async def test_feedback_is_counted_by_agent(world: World, monkeypatch: pytest.Mo
     await world.parts.reactions.on_reaction(world.fake.reaction(ROOM, question.event_id, "👎"))
 
     assert dict(world.metrics.feedback_by_agent) == {("echo", "up"): 1}
+    (row,) = await world.store.feedback.of_room(ROOM)
+    assert (row.event_id, row.user_id, row.agent_id, row.rating) == (answer, ALICE, "echo", "up")
+    # A new rating of the same answer replaces the person's earlier one.
+    await world.parts.reactions.on_reaction(world.fake.reaction(ROOM, answer, "👎"))
+    assert [row.rating for row in await world.store.feedback.of_room(ROOM)] == ["down"]
     assert 'agentspaces_feedback_total{agent="echo",rating="up"} 1' in world.metrics.render(0)
 
 
@@ -220,3 +226,36 @@ def test_metrics_render_tokens_by_agent() -> None:
     metrics.tokens("a", 5)
     metrics.tokens("a", 7)
     assert 'agentspaces_tokens_total{agent="a"} 12' in metrics.render(0)
+
+
+async def test_a_regeneration_cut_off_by_a_restart_is_completed_in_place(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend, _ = await prepare(world, monkeypatch)
+    question = await world.say(ROOM, "q1")
+    await world.settle()
+    answer = first_reply(world, question.event_id)
+    # The bot went down while it regenerated: the answer shows a streaming edit, and the
+    # message is being answered again.
+    partial = {"msgtype": "m.text", "body": "re: q", STREAMING_KEY: True}
+    world.fake.message(
+        ROOM,
+        "* re: q",
+        world.fake.mxid,
+        relates_to={"rel_type": "m.replace", "event_id": answer},
+        extra={"m.new_content": partial},
+    )
+    await world.store.messages.set_state(question.event_id, ANSWERING)
+    backend.extra = " (again)"
+
+    restarted = make_world(world.store, fake=world.fake, overrides=CONFIG)
+    try:
+        await restarted.parts.startup.catch_up.run()
+        await restarted.settle()
+    finally:
+        await restarted.close()
+
+    assert world.fake.final_texts(ROOM)[question.event_id] == "re: q1 (again)"
+    turns = [t.content for t in await world.store.turns.of_room(ROOM)]
+    assert turns == ["q1", "re: q1 (again)"], "the answer's turn replaced, not doubled"
+    assert (await world.store.messages.states([question.event_id]))[question.event_id] == ANSWERED
