@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from maubot import MessageEvent, Plugin
 from maubot.handlers import command, event
-from mautrix.types import EncryptedEvent, EventType, StateEvent
+from mautrix.types import EncryptedEvent, EventType, ReactionEvent, StateEvent
 from mautrix.util.async_db import UpgradeTable
 from mautrix.util.config import BaseProxyConfig
 
@@ -107,6 +107,10 @@ class AgentSpacesBot(Plugin):
     async def on_encrypted(self, evt: EncryptedEvent) -> None:
         # maubot decrypts what it can before on_message; this notices what it could not.
         await self.parts.undecryptable.on_encrypted(evt)
+
+    @event.on(EventType.REACTION)
+    async def on_reaction(self, evt: ReactionEvent) -> None:
+        await self.parts.reactions.on_reaction(evt)
 
     @event.on(EventType.ROOM_NAME)
     async def on_room_name(self, evt: StateEvent) -> None:

@@ -14,15 +14,20 @@ from .commands.context import ContextCommands
 from .commands.memory import MemoryCommands
 from .commands.rooms import RoomCommands
 from .commands.router import CommandRouter
+from .commands.sharing import SharingCommands
+from .commands.usage import UsageCommands
 from .conversation.agent_call import AgentCaller
 from .conversation.compaction import Compaction
 from .conversation.context import ContextManager
+from .conversation.controls import RunningAnswers
 from .conversation.delivery import Delivery
 from .conversation.intake import Intake
 from .conversation.pipeline import ShowChain
 from .conversation.queues import RoomQueues
 from .conversation.quota import Quota
+from .conversation.reactions import Reactions
 from .conversation.refusals import Refusals
+from .conversation.threads import ThreadRoots
 from .conversation.turn import TurnRunner
 from .conversation.typing import TypingNotices
 from .conversation.undecryptable import Undecryptable
@@ -30,12 +35,15 @@ from .db import Store
 from .db.batch import GroupCommit
 from .matrix.creation import RoomCreator
 from .matrix.encryption import Encryption
+from .matrix.identity import AgentIdentity
 from .matrix.links import SpaceLinks
 from .matrix.outbox import Outbox, Transport
 from .matrix.record import MatrixRecord
 from .ops.metrics import Metrics
 from .ops.settings import Settings
 from .spaces.bindings import Bindings
+from .spaces.collaborators import Collaborators
+from .spaces.forks import Forks
 from .spaces.membership import MembershipHandler
 from .spaces.onboarding import Onboarding
 from .spaces.rooms import WorkingRooms
@@ -55,6 +63,7 @@ class Parts:
     queues: RoomQueues
     intake: Intake
     undecryptable: Undecryptable
+    reactions: Reactions
     refusals: Refusals
     router: CommandRouter
     startup: Startup
@@ -75,10 +84,11 @@ def build(
     links = SpaceLinks(outbox, server_name)
     bindings = Bindings(record, store)
     creator = RoomCreator(client)
-    rooms = WorkingRooms(client, store, outbox, links, bindings, creator, settings, log)
+    identity = AgentIdentity(client, outbox, store, http, log)
+    rooms = WorkingRooms(client, store, outbox, links, bindings, creator, identity, settings, log)
     onboarding = Onboarding(client, store, record, rooms, settings, log)
     membership = MembershipHandler(client, store, outbox, onboarding, rooms, record, settings, log)
-    context = ContextManager(store, bindings)
+    context = ContextManager(store, bindings, ThreadRoots(client))
     quota = Quota(store, settings)
     refusals = Refusals(outbox, store)
     caller = AgentCaller(http, TypingNotices(client, log), metrics, settings)
@@ -86,6 +96,7 @@ def build(
     batch = GroupCommit(store, dispatch_log)
     delivery = Delivery(batch, dispatch_log)
     compaction = Compaction(store, context, caller, outbox, metrics, settings, dispatch_log)
+    running = RunningAnswers()
     turns = TurnRunner(
         store,
         context,
@@ -95,6 +106,7 @@ def build(
         delivery,
         compaction,
         ShowChain(),
+        running,
         outbox,
         metrics,
         settings,
@@ -108,6 +120,7 @@ def build(
     undecryptable = Undecryptable(
         client, encryption, store, intake, refusals, metrics, settings, dispatch_log
     )
+    reactions = Reactions(client, store, queues, running, http, metrics, settings, dispatch_log)
     reconciler = Reconciler(client, store, record, links, log, membership.handle_invite)
     catch_up = CatchUp(
         client,
@@ -127,6 +140,8 @@ def build(
     RoomCommands(onboarding, rooms).register(router)
     ContextCommands(context, intake).register(router)
     MemoryCommands(store).register(router)
+    _sharing(client, store, bindings, context, onboarding, outbox, settings, log).register(router)
+    UsageCommands(store).register(router)
     AdminCommands(startup.reports, startup.reconcile).register(router)
     return Parts(
         store,
@@ -138,7 +153,22 @@ def build(
         queues,
         intake,
         undecryptable,
+        reactions,
         refusals,
         router,
         startup,
     )
+
+
+def _sharing(
+    client: MaubotMatrixClient,
+    store: Store,
+    bindings: Bindings,
+    context: ContextManager,
+    onboarding: Onboarding,
+    outbox: Outbox,
+    settings: Callable[[], Settings],
+    log: Logger,
+) -> SharingCommands:
+    forks = Forks(client, store, context, onboarding, outbox, settings, log)
+    return SharingCommands(Collaborators(client, bindings, settings, log), forks)

@@ -204,6 +204,18 @@ async def bot(
         yield deployment
 
 
+@pytest.fixture(scope="module")
+async def module_bot(
+    maubot_server: MaubotServer, synapse: Synapse, mbp: Path
+) -> AsyncIterator[Deployment]:
+    """One deployment for a whole test module (per plugin database), for modules whose tests
+    each configure it and onboard users of their own: a deployment costs seconds."""
+    users = Users(synapse)
+    async with deployed(maubot_server, synapse, mbp, users.make) as deployment:
+        yield deployment
+    await users.close()
+
+
 # Older homeserver: Synapse 1.130, default room version 10, no room version 12
 # Built by `make venv-synapse-old` (a dependency of `make test`) from requirements-synapse-old.txt.
 SYNAPSE_OLD_PYTHON = ROOT / ".venv-synapse-old" / "bin" / "python"

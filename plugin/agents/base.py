@@ -29,6 +29,34 @@ MAX_RETRY_AFTER = 60.0
 class Turn:
     role: str
     content: str
+    # Who wrote a user turn (a Matrix ID), so that a shared room's agent knows who said what.
+    sender: str = ""
+
+
+@frozen
+class Usage:
+    """The tokens an answer cost, as the agent's server reported them; a backend yields it among
+    its text deltas."""
+
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def total(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+def usage_of(payload: Any) -> Usage | None:
+    """An OpenAI-style `usage` object of a JSON answer or stream chunk, if it has one."""
+    usage = payload.get("usage") if isinstance(payload, dict) else None
+    if not isinstance(usage, dict):
+        return None
+    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    if not all(
+        isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in (prompt, completion)
+    ):
+        return None
+    return Usage(prompt, completion)
 
 
 @frozen
@@ -48,11 +76,14 @@ class AgentRequest:
     history: tuple[Turn, ...]
     # Estimated tokens of system prompt, memory, history and message together.
     context_tokens: int = 0
+    # More than one person talks in the room: the messages carry their senders.
+    shared: bool = False
 
 
 class Backend(Protocol):
-    def reply(self, request: AgentRequest) -> AsyncIterator[str]:
-        """Yields the reply as text deltas: many when streaming, one otherwise."""
+    def reply(self, request: AgentRequest) -> AsyncIterator[str | Usage]:
+        """Yields the reply as text deltas: many when streaming, one otherwise; and the usage,
+        when the server reports it."""
         ...
 
 
@@ -198,16 +229,30 @@ async def answer_deltas(
     resp: aiohttp.ClientResponse,
     stream_delta: Callable[[Any], str],
     whole: Callable[[Any], str],
-) -> AsyncIterator[str]:
+) -> AsyncIterator[str | Usage]:
     """The answer of a response as text deltas: a stream's payloads one by one, or a JSON answer
-    whole. Some servers ignore a request to stream: the content type says what came back."""
+    whole, and its `usage` where the server reports one. Some servers ignore a request to
+    stream: the content type says what came back."""
     try:
         if is_event_stream(resp):
             async for payload in sse_payloads(resp):
-                delta = stream_delta(payload)
+                usage = usage_of(payload)
+                delta = "" if usage is not None and not payload.get("choices") else None
+                delta = stream_delta(payload) if delta is None else delta
                 if delta:
                     yield delta
+                if usage is not None:
+                    yield usage
         else:
-            yield whole(await read_json(resp))
+            answer = await read_json(resp)
+            yield whole(answer)
+            usage = usage_of(answer)
+            if usage is not None:
+                yield usage
+    except BaseException:
+        # Stopped or failed while reading: the connection is closed, so the agent's server sees
+        # the call end (a released connection would be kept for reuse while it still streams).
+        resp.close()
+        raise
     finally:
         resp.release()

@@ -6,6 +6,7 @@ from attrs import define
 
 from ..conversation.context import ContextManager
 from ..conversation.intake import Intake
+from ..conversation.threads import thread_of
 from ..errors import UsageError
 from .router import CommandRouter, Handler, Invocation
 
@@ -51,13 +52,15 @@ class ContextCommands:
         agent = inv.settings.agents.get(room.agent_id)
         if agent is None:
             return f"This room's agent `{room.agent_id}` is not configured any more."
-        summary = await self.context.summary(room, agent)
+        thread = thread_of(inv.evt, inv.settings)
+        summary = await self.context.summary(room, agent, thread)
         unanswered = f" ({summary.unanswered} unanswered)" if summary.unanswered else ""
         share = "on" if summary.share_memory else "off"
         entries = f" ({summary.memory_entries} entries)" if summary.share_memory else ""
+        where = "thread" if thread else "room"
         return "\n".join(
             [
-                f"**Context of this room** (agent {agent.name})",
+                f"**Context of this {where}** (agent {agent.name})",
                 f"- Turns: {summary.turns}{unanswered}",
                 f"- Estimated tokens: {summary.tokens} of {summary.limit} "
                 "(system prompt and memory included)",
@@ -67,7 +70,9 @@ class ContextCommands:
         )
 
     async def clear(self, inv: Invocation) -> str:
-        chat_id = await self.context.start_new(inv.working_room, inv.evt.event_id)
+        # In a thread, the thread's context alone; in the room, the room's and its threads'.
+        thread = thread_of(inv.evt, inv.settings)
+        chat_id = await self.context.start_new(inv.working_room, inv.evt.event_id, thread=thread)
         return f"Context cleared. New chat id: `{chat_id[:8]}`."
 
     async def compact(self, inv: Invocation) -> None:

@@ -5,15 +5,22 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 
 import aiohttp
 
 from ..agents import backend_for
-from ..agents.base import AgentRequest, BackendBadResponse, BackendDisconnected, BackendTimeout
+from ..agents.base import (
+    AgentRequest,
+    BackendBadResponse,
+    BackendDisconnected,
+    BackendTimeout,
+    Usage,
+)
 from ..ops.metrics import Metrics
 from ..ops.settings import AgentSettings, Settings
+from .controls import CallControl
 from .stream import ReplyStream
 from .typing import TypingNotices
 
@@ -60,11 +67,15 @@ class AgentCaller:
         request: AgentRequest,
         settings: Settings,
         stream: ReplyStream | None,
+        control: CallControl | None = None,
     ) -> str:
         """Runs one agent call and returns the whole text. Raises BackendError for the agent's
-        failures; a Matrix error of the stream comes through as it is."""
+        failures; a Matrix error of the stream comes through as it is. With a `control`, a stop
+        request ends the call early (its text so far is the answer), and the usage the server
+        reported is kept there."""
         parts: list[str] = []
         limit = settings.answer_chars
+        control = control or CallControl()
 
         def take(delta: str) -> None:
             parts.append(delta)
@@ -76,6 +87,9 @@ class AgentCaller:
             try:
                 async with aclosing(backend_for(agent, self.http).reply(request)) as deltas:
                     async for delta in deltas:
+                        if isinstance(delta, Usage):
+                            control.usage = delta
+                            continue
                         if size + len(delta) > limit:
                             take(delta[: limit - size])
                             return True
@@ -89,12 +103,30 @@ class AgentCaller:
         async with self._limiter, self.typing.shown(request.room_id):
             started = time.monotonic()
             try:
-                cut = await asyncio.wait_for(consume(), settings.timeout)
+                cut = await asyncio.wait_for(_unless_stopped(consume(), control), settings.timeout)
             except asyncio.TimeoutError as e:
                 raise BackendTimeout(settings.timeout) from e
-        if not "".join(parts).strip():
+        if not "".join(parts).strip() and not control.stopped:
             raise BackendBadResponse("the reply was empty")
         if cut:
             take(cut_note(limit))
         self.metrics.reply(agent.id, time.monotonic() - started)
         return "".join(parts)
+
+
+async def _unless_stopped(consume: Awaitable[bool], control: CallControl) -> bool:
+    """Runs the call until it ends or a stop is requested; a stop cancels it, which closes the
+    connection to the agent's server."""
+    call = asyncio.ensure_future(consume)
+    stop = asyncio.ensure_future(control.requested.wait())
+    try:
+        await asyncio.wait({call, stop}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (call, stop):
+            if not task.done():
+                task.cancel()
+        await asyncio.gather(call, stop, return_exceptions=True)
+    if call.cancelled():
+        control.stopped = True
+        return False
+    return call.result()

@@ -41,11 +41,13 @@ class Compaction:
     async def run(self, job: Job, room: RoomRow, settings: Settings) -> None:
         target = ReplyTarget.of(job.event)
         agent = settings.agents.get(room.agent_id)
-        turns = await self.store.turns.of_room(room.room_id)
+        turns = await self.store.turns.of_room(room.room_id, job.thread)
         if agent is None or not turns:
             await self.outbox.reply(target, "Nothing to compact.")
             return
-        request = await self.context.request_for(room, agent, job.sender, COMPACT_PROMPT)
+        request = await self.context.request_for(
+            room, agent, job.sender, COMPACT_PROMPT, thread=job.thread
+        )
         try:
             summary = await self.caller.call(agent, request, settings, None)
         except BackendError as e:
@@ -57,7 +59,7 @@ class Compaction:
                 f"`!{settings.command_prefix} context compact` to try again.",
             )
             return
-        chat_id = await self.context.start_new(room, job.event.event_id, summary)
+        chat_id = await self.context.start_new(room, job.event.event_id, summary, job.thread)
         await self.outbox.reply(
             target,
             f"Context compacted: {len(turns)} turns became this summary, the first turn of a new "

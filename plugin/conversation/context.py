@@ -14,10 +14,13 @@ from ..db.rows import RoomRow, TurnRow
 from ..matrix.binding import deterministic_chat_id, new_chat_id
 from ..ops.settings import AgentSettings
 from ..spaces.bindings import Bindings
+from .threads import ThreadRoots, thread_chat_id, with_start
 
 CHARS_PER_TOKEN = 4
 # The id of a turn not stored yet: after every stored one.
 UNSTORED = 2**62
+# The id of a thread's seed (its root, read from Matrix): before every stored turn.
+SEED = -1
 USER = "user"
 ASSISTANT = "assistant"
 # A compaction summary opens the new context as a system turn.
@@ -34,9 +37,12 @@ def estimate_tokens(text: str) -> int:
     return -(-len(text) // CHARS_PER_TOKEN)
 
 
-def chat_id_of(room: RoomRow) -> str:
+def chat_id_of(room: RoomRow, thread: str = "") -> str:
     # Never written back here: reconciliation backfills a missing chat id (Matrix first).
-    return room.chat_id or deterministic_chat_id(room.room_id)
+    chat_id = room.chat_id or deterministic_chat_id(room.room_id)
+    if thread:
+        return thread_chat_id(chat_id, thread, room.thread_starts.get(thread))
+    return chat_id
 
 
 def system_prompt(agent: AgentSettings, memory: list[str]) -> str:
@@ -71,11 +77,27 @@ class ContextSummary:
 class ContextManager:
     store: Store
     bindings: Bindings
+    roots: ThreadRoots
 
-    async def memory_for(self, room: RoomRow) -> list[str]:
-        if not room.share_memory:
+    async def memory_for(self, room: RoomRow, sender: str = "") -> list[str]:
+        """The owner's shared memory. In a shared room only the owner's own messages get it:
+        a collaborator never sees it, and no collaborator's memory enters anyone's room."""
+        if not room.share_memory or (room.collaborators and sender and sender != room.owner):
             return []
         return [entry.content for entry in await self.store.memory.of_user(room.owner)]
+
+    async def conversation_turns(self, room: RoomRow, thread: str = "") -> list[TurnRow]:
+        """The conversation's stored turns; a thread's open with its root, unless the thread
+        was started anew (a clear or compaction inside it)."""
+        turns = await self.store.turns.of_room(room.room_id, thread)
+        if not thread or thread in room.thread_starts:
+            return turns
+        seed = await self.roots.seed(room.room_id, thread)
+        if seed is None:
+            return turns
+        first = TurnRow(SEED, room.room_id, thread, seed.role, seed.content, True, 0, thread)
+        first.sender = seed.sender
+        return [first, *turns]
 
     async def request_for(
         self,
@@ -86,6 +108,7 @@ class ContextManager:
         event_id: str = "",
         before: int | None = None,
         pending: list[Turn] | None = None,
+        thread: str = "",
     ) -> AgentRequest:
         """The request answering `text` after the room's turns, trimmed to the agent's limit:
         all of them, or those before turn `before` (a retry), or those before the turn of
@@ -93,9 +116,9 @@ class ContextManager:
 
         Trimmed turns are deleted, so that the stored context is what the agent saw.
         """
-        turns = await self.store.turns.of_room(room.room_id)
+        turns = await self.conversation_turns(room, thread)
         if before is None and event_id:
-            before = next((t.id for t in turns if t.event_id == event_id), None)
+            before = next((t.id for t in turns if t.event_id == event_id and t.id != SEED), None)
         earlier = turns if before is None else [t for t in turns if t.id < before]
         # Answers still being shown and written down belong to the context already.
         pending = pending or []
@@ -103,28 +126,33 @@ class ContextManager:
             TurnRow(UNSTORED - len(pending) + n, room.room_id, None, t.role, t.content, True, 0)
             for n, t in enumerate(pending)
         ]
+        for row, turn in zip(earlier[len(earlier) - len(pending) :], pending, strict=True):
+            row.sender = turn.sender
         # The current message's turn is written with its answer, after the agent's reply.
         current = TurnRow(before or UNSTORED, room.room_id, event_id, USER, text, False, 0)
-        memory = await self.memory_for(room)
+        memory = await self.memory_for(room, sender)
         system = system_prompt(agent, memory)
         kept, tokens = trim([*earlier, current], estimate_tokens(system), agent.max_context_tokens)
-        if len(kept) < len(earlier) + 1:
-            await self.store.turns.delete_before(room.room_id, kept[0].id)
+        if len(kept) < len(earlier) + 1 and kept[0].id != SEED:
+            await self.store.turns.delete_before(room.room_id, kept[0].id, thread)
         return AgentRequest(
             agent=agent,
-            chat_id=chat_id_of(room),
+            chat_id=chat_id_of(room, thread),
             room_id=room.room_id,
             sender=sender,
             event_id=event_id,
             text=current.content,
             system_prompt=system,
             memory=tuple(memory),
-            history=tuple(Turn(t.role, t.content) for t in kept[:-1]),
+            history=tuple(Turn(t.role, t.content, t.sender) for t in kept[:-1]),
             context_tokens=tokens,
+            shared=bool(room.collaborators),
         )
 
-    async def summary(self, room: RoomRow, agent: AgentSettings) -> ContextSummary:
-        turns = await self.store.turns.of_room(room.room_id)
+    async def summary(
+        self, room: RoomRow, agent: AgentSettings, thread: str = ""
+    ) -> ContextSummary:
+        turns = await self.conversation_turns(room, thread)
         memory = await self.memory_for(room)
         fixed = estimate_tokens(system_prompt(agent, memory))
         return ContextSummary(
@@ -132,27 +160,37 @@ class ContextManager:
             unanswered=sum(1 for t in turns if t.role == USER and not t.answered),
             tokens=fixed + sum(estimate_tokens(t.content) for t in turns),
             limit=agent.max_context_tokens,
-            chat_id=chat_id_of(room),
+            chat_id=chat_id_of(room, thread),
             share_memory=room.share_memory,
             memory_entries=len(memory),
         )
 
-    async def start_new(self, room: RoomRow, context_start: str, summary: str = "") -> str:
+    async def start_new(
+        self, room: RoomRow, context_start: str, summary: str = "", thread: str = ""
+    ) -> str:
         """Mints a chat id and empties the history: the binding in Matrix first, then the DB.
+        The room's new context starts its threads anew too; a thread's, that thread alone.
 
         With a summary, the new context opens with it. Returns the new chat id.
         """
-        chat_id = new_chat_id()
 
         async def reset_turns(tx: Store) -> None:
-            await tx.turns.clear(room.room_id)
+            if thread:
+                await tx.turns.clear_thread(room.room_id, thread)
+            else:
+                await tx.turns.clear(room.room_id)
             if summary:
                 await tx.turns.add_answered(
-                    room.room_id, [(None, SUMMARY, SUMMARY_PREFIX + summary)]
+                    room.room_id, [(None, SUMMARY, SUMMARY_PREFIX + summary)], thread
                 )
 
+        if thread:
+            starts = with_start(room.thread_starts, thread, context_start)
+            changed = await self.bindings.change(room, also=reset_turns, thread_starts=starts)
+            return chat_id_of(changed, thread)
+        chat_id = new_chat_id()
         await self.bindings.change(
-            room, also=reset_turns, chat_id=chat_id, context_start=context_start
+            room, also=reset_turns, chat_id=chat_id, context_start=context_start, thread_starts={}
         )
         return chat_id
 

@@ -18,9 +18,9 @@ from mautrix.types import MessageEvent
 
 from ..db import Store
 from ..db.batch import GroupCommit
-from ..db.rows import ANSWERED, ANSWERING, RECEIVED, RoomRow, now_ms
-from .context import ASSISTANT
-from .queues import MESSAGE, Job
+from ..db.rows import ANSWERED, ANSWERING, RECEIVED, RoomRow, TurnRow, now_ms
+from .context import ASSISTANT, USER
+from .queues import MESSAGE, NOTE, REGENERATE, Job
 from .quota import today
 
 
@@ -55,14 +55,38 @@ class Delivery:
         event_id = job.event.event_id
 
         async def write(tx: Store) -> None:
+            if job.kind == MESSAGE and job.resume:
+                # An interrupted answer taken over: a regeneration's has a turn to replace.
+                turns = await answered_turns(tx, room.room_id, event_id)
+                job.answer_turn = turns[1].id if turns is not None else None
             if job.kind == MESSAGE:
-                await tx.turns.add_user_turn(room.room_id, event_id, job.text, True)
+                await tx.turns.add_user_turn(
+                    room.room_id, event_id, job.text, True, job.thread, job.sender
+                )
                 await tx.messages.set_state(event_id, ANSWERED)
                 await tx.rooms.set_cursor(room.room_id, newest_event, now_ms())
             elif job.turn_id is not None:
                 await tx.turns.set_answered(job.turn_id, True)
-            await tx.turns.add_answered(room.room_id, [(None, ASSISTANT, answer)])
-            await tx.usage.add(room.owner, today(), 1, tokens)
+            if job.answer_turn is not None:
+                # The answer was edited in place: its turn takes the new text.
+                await tx.turns.set_content(job.answer_turn, answer)
+                await tx.messages.set_state(job.reply_to or event_id, ANSWERED)
+            else:
+                await tx.turns.add_answered(room.room_id, [(None, ASSISTANT, answer)], job.thread)
+            # Usage is the sender's: in a shared room, whoever called the agent.
+            await tx.usage.add(job.sender, today(), 1, tokens)
+            await tx.agent_usage.add(job.sender, room.agent_id, today(), 1, tokens)
+
+        await self.batch.write(write)
+
+    async def noted(self, job: Job, room: RoomRow) -> None:
+        """A shared room's message that did not call the agent joins its conversation."""
+        if job.kind != NOTE:
+            return
+
+        async def write(tx: Store) -> None:
+            turn = (job.event.event_id, USER, job.text, job.sender)
+            await tx.turns.add_answered(room.room_id, [turn], job.thread)
 
         await self.batch.write(write)
 
@@ -73,8 +97,12 @@ class Delivery:
 
         async def write(tx: Store) -> None:
             if job.kind == MESSAGE:
-                await tx.turns.add_user_turn(room.room_id, event_id, job.text, False)
+                await tx.turns.add_user_turn(
+                    room.room_id, event_id, job.text, False, job.thread, job.sender
+                )
                 await tx.messages.set_state(event_id, ANSWERED)
+            elif job.kind == REGENERATE:
+                await tx.messages.set_state(job.reply_to, ANSWERED)
 
         await self.batch.write(write)
 
@@ -99,3 +127,15 @@ class Delivery:
                 self.log.error(f"A delivery state write failed: {future.exception()}")
 
         done.add_done_callback(report)
+
+
+async def answered_turns(
+    store: Store, room_id: str, event_id: str
+) -> tuple[TurnRow, TurnRow] | None:
+    """The turn of a message that was answered, and the turn of its answer, if both exist."""
+    turn = await store.turns.for_event(room_id, event_id)
+    if turn is None or not turn.answered:
+        return None
+    later = await store.turns.of_room(room_id, turn.thread_root)
+    answer = next((t for t in later if t.id > turn.id and t.role == ASSISTANT), None)
+    return (turn, answer) if answer is not None else None

@@ -1,5 +1,6 @@
-"""What enters the per-room queues: the owner's messages (live and caught up), retries and
-compactions.
+"""What enters the per-conversation queues: the messages of the room's owner and collaborators
+(live and caught up), retries and compactions. A shared room's message that does not call the
+agent enters its conversation as a note (see `group`).
 
 A message is claimed before it is queued, so that it is answered once even when the live handler
 and the startup catch-up both see it, and recorded as received (in the background, see
@@ -18,15 +19,16 @@ from ..db import Store
 from ..db.rows import ACTIVE, RoomRow
 from ..errors import UsageError
 from ..matrix.replies import ReplyTarget, message_text
-from ..ops import access
 from ..ops.locks import KeyedLocks
 from ..ops.metrics import Metrics
 from ..ops.settings import Settings
 from .context import USER
 from .delivery import Delivery
-from .queues import COMPACT, MESSAGE, RETRY, Job, RoomQueues
+from .group import calls_agent, may_talk
+from .queues import COMPACT, MESSAGE, NOTE, RETRY, Job, RoomQueues
 from .quota import Quota
 from .refusals import Refusals, these
+from .threads import thread_of
 
 
 def is_command(body: str, settings: Settings) -> bool:
@@ -36,7 +38,8 @@ def is_command(body: str, settings: Settings) -> bool:
 
 
 def is_agent_message(evt: MessageEvent, room: RoomRow, settings: Settings) -> bool:
-    """A text message for the room's agent: from its owner or an admin, no command, no edit.
+    """A text message for the room's conversation: from its owner, an admin or a collaborator
+    (`group.may_talk`), no command, no edit.
 
     The live handler and the startup catch-up both decide with this, so they agree. Whether the
     owner may still use the bot is decided when it is answered (`TurnRunner`).
@@ -46,22 +49,25 @@ def is_agent_message(evt: MessageEvent, room: RoomRow, settings: Settings) -> bo
         return False
     if is_command(content.body or "", settings):
         return False
-    return room.state == ACTIVE and access.may_act_in_room(settings, room.owner, evt.sender)
+    return room.state == ACTIVE and may_talk(settings, room, evt.sender)
 
 
 def job_of(
     evt: MessageEvent,
     over_quota: bool = False,
     resume: list[str] | None = None,
+    thread: str = "",
+    kind: str = MESSAGE,
 ) -> Job:
     return Job(
-        MESSAGE,
+        kind,
         evt.room_id,
         evt,
         evt.sender,
         message_text(evt),
         over_quota=over_quota,
         resume=resume or [],
+        thread=thread,
     )
 
 
@@ -102,7 +108,13 @@ class Intake:
         # The room's lock comes first, so that messages keep their arrival order.
         async with self._locks.hold(evt.room_id):
             room = await self.store.rooms.get(evt.room_id)
-            if room is None or not is_agent_message(evt, room, self.settings()):
+            settings = self.settings()
+            if room is None or not is_agent_message(evt, room, settings):
+                return
+            thread = thread_of(evt, settings)
+            if not calls_agent(evt, room, settings, self.bot_id):
+                if self._running:
+                    self.queues.enqueue(job_of(evt, thread=thread, kind=NOTE))
                 return
             if not self.queues.claim(evt.event_id):
                 return
@@ -116,7 +128,7 @@ class Intake:
                 await self._refuse_pending(evt, limit)
                 return
             over_quota = not self.quota.admit_message(evt.sender, evt.timestamp / 1000)
-            self.queues.enqueue(job_of(evt, over_quota))
+            self.queues.enqueue(job_of(evt, over_quota, thread=thread))
 
     async def _refuse_pending(self, evt: MessageEvent, limit: int) -> None:
         job = job_of(evt)
@@ -131,20 +143,25 @@ class Intake:
         await self.delivery.settled(job)
 
     async def retry(self, room: RoomRow, evt: MessageEvent) -> None:
-        """Queues the last unanswered user turn again, or the last one if all have answers."""
-        if any(job.kind == MESSAGE for job in self.queues.pending(room.room_id)):
+        """Queues the last unanswered user turn again, or the last one if all have answers: in
+        the conversation (the room, or the thread) the command was sent in."""
+        thread = thread_of(evt, self.settings())
+        if any(job.kind == MESSAGE for job in self.queues.pending(room.room_id, thread)):
             raise UsageError(
                 "An answer is still on its way in this room: retry once it has arrived."
             )
-        user_turns = [t for t in await self.store.turns.of_room(room.room_id) if t.role == USER]
+        turns = await self.store.turns.of_room(room.room_id, thread)
+        user_turns = [t for t in turns if t.role == USER]
         if not user_turns:
             raise UsageError("Nothing to retry: this room's context has no message yet.")
         unanswered = [t for t in user_turns if not t.answered]
         turn = (unanswered or user_turns)[-1]
-        self.queues.enqueue(Job(RETRY, room.room_id, evt, evt.sender, turn_id=turn.id))
+        job = Job(RETRY, room.room_id, evt, evt.sender, turn_id=turn.id, thread=thread)
+        self.queues.enqueue(job)
 
     async def compact(self, room: RoomRow, evt: MessageEvent) -> None:
         """Queues a compaction, so that it waits for the answers already on their way."""
-        if not await self.store.turns.has_any(room.room_id):
+        thread = thread_of(evt, self.settings())
+        if not await self.store.turns.has_any(room.room_id, thread):
             raise UsageError("Nothing to compact: this room's context is empty.")
-        self.queues.enqueue(Job(COMPACT, room.room_id, evt, evt.sender))
+        self.queues.enqueue(Job(COMPACT, room.room_id, evt, evt.sender, thread=thread))

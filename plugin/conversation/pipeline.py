@@ -9,7 +9,7 @@ keeps its order: each answer is shown, and written, after the one before.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
 
 from attrs import define, field
 
@@ -18,19 +18,22 @@ from ..agents.base import Turn
 
 @define(eq=False)
 class ShowChain:
-    # room -> the task showing the room's latest answer (each waits for the one before).
-    _last: dict[str, asyncio.Task[None]] = field(factory=dict)
-    # room -> the exchanges that are answered but not written down yet, oldest first.
-    _inflight: dict[str, list[Turn]] = field(factory=dict)
+    # Keyed by conversation (a room's main timeline, or a thread: see `queues.Job.key`).
+    # conversation -> the task showing its latest answer (each waits for the one before).
+    _last: dict[Hashable, asyncio.Task[None]] = field(factory=dict)
+    # conversation -> the exchanges that are answered but not written down yet, oldest first.
+    _inflight: dict[Hashable, list[Turn]] = field(factory=dict)
 
-    def last(self, room_id: str) -> asyncio.Task[None] | None:
+    def last(self, room_id: Hashable) -> asyncio.Task[None] | None:
         """What the room's next answer waits for before it shows anything."""
         return self._last.get(room_id)
 
-    def pending_turns(self, room_id: str) -> list[Turn]:
+    def pending_turns(self, room_id: Hashable) -> list[Turn]:
         return list(self._inflight.get(room_id, ()))
 
-    def then(self, room_id: str, show: Callable[[], Awaitable[None]], turns: list[Turn]) -> None:
+    def then(
+        self, room_id: Hashable, show: Callable[[], Awaitable[None]], turns: list[Turn]
+    ) -> None:
         """Shows an answer after the room's previous one; its turns count as the room's
         context until it is written down."""
         previous = self._last.get(room_id)
@@ -56,7 +59,7 @@ class ShowChain:
     def busy(self) -> bool:
         return bool(self._last)
 
-    async def settle(self, room_id: str) -> None:
+    async def settle(self, room_id: Hashable) -> None:
         """Waits until every answer of the room is shown and written down."""
         last = self._last.get(room_id)
         if last is not None:

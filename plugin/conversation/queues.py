@@ -1,8 +1,10 @@
-"""Per-room FIFOs: each working room is answered in order, one job at a time, by its own task.
+"""Per-conversation FIFOs: each conversation (a working room's main timeline, or one of its
+threads) is answered in order, one job at a time, by its own task.
 
-Rooms drain in parallel; how many agent calls run at once is capped elsewhere (`agent_call`).
-At a start every room is held until the catch-up has queued what arrived while the bot was
-down, in front of what arrives live, so that a room is answered oldest first.
+Conversations drain in parallel, so a thread never waits for the main timeline; how many agent
+calls run at once is capped elsewhere (`agent_call`). At a start every room is held until the
+catch-up has queued what arrived while the bot was down, in front of what arrives live, so that
+a room is answered oldest first.
 """
 
 from __future__ import annotations
@@ -21,6 +23,12 @@ MESSAGE = "message"
 MAX_CLAIMED = 100_000
 RETRY = "retry"
 COMPACT = "compact"
+# 🔁 on an answer: the answer edited in place with a new one (see `reactions`).
+REGENERATE = "regenerate"
+# A shared room's message that does not call the agent: it only joins the context, in order.
+NOTE = "note"
+# A queue's key: (room id, thread root or '' for the main timeline).
+Key = tuple[str, str]
 
 
 @define
@@ -37,6 +45,15 @@ class Job:
     over_quota: bool = False
     # The parts of an interrupted reply to this message, to edit into the complete answer.
     resume: list[str] = field(factory=list)
+    # The thread whose conversation this is ('' for the room's main timeline).
+    thread: str = ""
+    # A regeneration: the user message whose answer it replaces, and that answer's turn.
+    reply_to: str = ""
+    answer_turn: int | None = None
+
+    @property
+    def key(self) -> Key:
+        return (self.room_id, self.thread)
 
 
 class Runner(Protocol):
@@ -59,8 +76,8 @@ class Runner(Protocol):
 class RoomQueues:
     runner: Runner
     log: Logger
-    _queues: dict[str, deque[Job]] = field(init=False, factory=dict)
-    _workers: dict[str, asyncio.Task[None]] = field(init=False, factory=dict)
+    _queues: dict[Key, deque[Job]] = field(init=False, factory=dict)
+    _workers: dict[Key, asyncio.Task[None]] = field(init=False, factory=dict)
     _holding: bool = field(init=False, default=False)
     _released: set[str] = field(init=False, factory=set)
     _claimed: dict[str, None] = field(init=False, factory=dict)
@@ -73,31 +90,37 @@ class RoomQueues:
     def release(self, room_id: str) -> None:
         if self._holding:
             self._released.add(room_id)
-        self._wake(room_id)
+        for key in [key for key in self._queues if key[0] == room_id]:
+            self._wake(key)
 
     def release_all(self) -> None:
         self._holding = False
         self._released.clear()
-        for room_id in list(self._queues):
-            self._wake(room_id)
+        for key in list(self._queues):
+            self._wake(key)
 
     def enqueue(self, job: Job) -> None:
-        self._queues.setdefault(job.room_id, deque()).append(job)
-        self._wake(job.room_id)
+        self._queues.setdefault(job.key, deque()).append(job)
+        self._wake(job.key)
 
     def enqueue_first(self, room_id: str, jobs: list[Job]) -> None:
-        """Queues jobs, in their order, before those already waiting in the room."""
-        self._queues.setdefault(room_id, deque()).extendleft(reversed(jobs))
-        self._wake(room_id)
+        """Queues jobs, in their order, before those already waiting in their conversations."""
+        for key in dict.fromkeys(job.key for job in jobs):
+            mine = [job for job in jobs if job.key == key]
+            self._queues.setdefault(key, deque()).extendleft(reversed(mine))
+            self._wake(key)
 
     def take(self, room_id: str, event_ids: set[str]) -> list[Job]:
         """Takes these messages out of a room whose queue does not run (held at a start), for the
         catch-up to queue them again among the older messages, in the homeserver's order."""
-        queue = self._queues.get(room_id)
-        if not queue or room_id in self._workers:
-            return []
-        taken = [job for job in queue if job.kind == MESSAGE and job.event.event_id in event_ids]
-        self._queues[room_id] = deque(job for job in queue if not any(job is t for t in taken))
+        taken: list[Job] = []
+        for key in [key for key in self._queues if key[0] == room_id]:
+            queue = self._queues[key]
+            if key in self._workers:
+                continue
+            mine = [job for job in queue if job.kind == MESSAGE and job.event.event_id in event_ids]
+            self._queues[key] = deque(job for job in queue if not any(job is t for t in mine))
+            taken += mine
         return taken
 
     def claim(self, event_id: str) -> bool:
@@ -113,8 +136,11 @@ class RoomQueues:
     def claimed(self, event_id: str) -> bool:
         return event_id in self._claimed
 
-    def pending(self, room_id: str) -> list[Job]:
-        return list(self._queues.get(room_id, ()))
+    def pending(self, room_id: str, thread: str | None = None) -> list[Job]:
+        """The jobs waiting in the room: in all its conversations, or in one."""
+        if thread is not None:
+            return list(self._queues.get((room_id, thread), ()))
+        return [job for key, queue in self._queues.items() if key[0] == room_id for job in queue]
 
     def depth(self) -> int:
         return sum(len(queue) for queue in self._queues.values())
@@ -133,13 +159,13 @@ class RoomQueues:
         await self.runner.stop()
         self._queues.clear()
 
-    def _wake(self, room_id: str) -> None:
-        held = self._holding and room_id not in self._released
-        if room_id in self._queues and room_id not in self._workers and not held:
-            self._workers[room_id] = asyncio.create_task(self._drain(room_id))
+    def _wake(self, key: Key) -> None:
+        held = self._holding and key[0] not in self._released
+        if key in self._queues and key not in self._workers and not held:
+            self._workers[key] = asyncio.create_task(self._drain(key))
 
-    async def _drain(self, room_id: str) -> None:
-        queue = self._queues[room_id]
+    async def _drain(self, key: Key) -> None:
+        queue = self._queues[key]
         try:
             while queue:
                 job = queue[0]
@@ -152,6 +178,6 @@ class RoomQueues:
                     await self.runner.failed(job, e)
                 queue.popleft()
         finally:
-            self._workers.pop(room_id, None)
+            self._workers.pop(key, None)
             if not queue:
-                self._queues.pop(room_id, None)
+                self._queues.pop(key, None)

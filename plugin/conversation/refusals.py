@@ -61,6 +61,28 @@ class Refusals:
         content = {**render(wording(len(burst.covers)), NOTICE), COVERS_KEY: list(burst.covers)}
         await self.outbox.send(target.room_id, edit_content(burst.event_id, content))
 
+    async def not_answered(self, target: ReplyTarget, agent_id: str, settings: Settings) -> None:
+        """Why a message did not go to the room's agent: it is not configured any more, or the
+        sender used the day's tokens. The message is kept for a retry."""
+        prefix = settings.command_prefix
+        if agent_id not in settings.agents:
+            await self.outbox.reply(
+                target,
+                f"This room's agent `{agent_id}` is not configured any more, so your message "
+                f"did not go to an agent. It is kept: once an admin adds the agent back, "
+                f"send `!{prefix} retry`.",
+            )
+            return
+        limit = settings.daily_tokens
+        await self.refuse(
+            target,
+            "day",
+            lambda n: (
+                f"You used today's allowance of {limit} tokens, so {these(n)} did not "
+                f"go to the agent. It is kept: send `!{prefix} retry` tomorrow (UTC)."
+            ),
+        )
+
     async def revoked(self, target: ReplyTarget, owner: str) -> None:
         """The owner may not use the bot any more: told once, until access returns."""
         user = await self.store.users.get(owner)

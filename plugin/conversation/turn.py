@@ -1,4 +1,5 @@
-"""The turn: answering one queued job (a message, a retry or a compaction) in its room.
+"""The turn: answering one queued job (a message, a retry, a regeneration, a compaction or a
+shared room's note) in its conversation.
 
 A message moves through its delivery state here (see `delivery`): answering once it is taken,
 answered once its final answer, or a final notice, is in Matrix. A crash anywhere leaves a state
@@ -15,7 +16,7 @@ from logging import Logger
 from attrs import define
 from mautrix.errors import MatrixError
 
-from ..agents.base import BackendError, Turn
+from ..agents.base import AgentRequest, BackendError, Turn
 from ..db import Store
 from ..db.rows import ACTIVE, RoomRow
 from ..matrix.outbox import Outbox
@@ -26,9 +27,10 @@ from ..ops.settings import Settings
 from .agent_call import AgentCaller
 from .compaction import Compaction, agent_failed
 from .context import ASSISTANT, USER, ContextManager, estimate_tokens
+from .controls import STOPPED_NOTE, CallControl, RunningAnswers
 from .delivery import Delivery
 from .pipeline import ShowChain
-from .queues import COMPACT, MESSAGE, RETRY, Job
+from .queues import COMPACT, MESSAGE, NOTE, REGENERATE, RETRY, Job
 from .quota import Quota
 from .refusals import Refusals, these
 from .stream import ReplyStream
@@ -36,6 +38,13 @@ from .stream import ReplyStream
 # When Matrix fails while a message is answered, it is tried again after these waits; after
 # that it stays unanswered in the delivery state, and the next start answers it.
 MATRIX_RETRY_WAITS = (2.0, 10.0)
+
+
+def used_tokens(control: CallControl, request: AgentRequest, text: str) -> int:
+    """The server's own count where it gave one; estimated otherwise."""
+    if control.usage is not None:
+        return control.usage.total
+    return request.context_tokens + estimate_tokens(text)
 
 
 @define(eq=False)
@@ -48,22 +57,14 @@ class TurnRunner:
     delivery: Delivery
     compaction: Compaction
     chain: ShowChain
+    running: RunningAnswers
     outbox: Outbox
     metrics: Metrics
     settings: Callable[[], Settings]
     log: Logger
 
     async def run(self, job: Job) -> None:
-        for wait in (*MATRIX_RETRY_WAITS, None):
-            try:
-                await self._run_once(job)
-                return
-            except MatrixError as e:
-                if wait is None:
-                    await self._gave_up(job, e)
-                    return
-                self.log.warning(f"Matrix failed in {job.room_id} ({e}); trying again in {wait} s")
-                await asyncio.sleep(wait)
+        await self._matrix_retried(job, partial(self._run_once, job))
 
     async def _gave_up(self, job: Job, error: MatrixError) -> None:
         if job.kind == MESSAGE:
@@ -104,16 +105,24 @@ class TurnRunner:
     async def _run_once(self, job: Job) -> None:
         room = await self.store.rooms.get(job.room_id)
         settings = self.settings()
-        if job.kind != MESSAGE:
-            # A retry or a compaction works on the context as written down.
-            await self.chain.settle(job.room_id)
+        if job.kind not in (MESSAGE, NOTE):
+            # A retry, a regeneration or a compaction works on the context as written down.
+            await self.chain.settle(job.key)
         if room is None or room.state != ACTIVE:
             # The room is not managed any more: nothing can be answered there.
             await self.delivery.settled(job)
         elif job.kind == MESSAGE:
             await self._answer_message(job, room, settings)
+        elif job.kind == NOTE:
+            # Written after the answers before it, as the context's next turn.
+            note = [Turn(USER, job.text, job.sender)]
+            self.chain.then(job.key, partial(self.delivery.noted, job, room), note)
         elif job.kind == RETRY:
             await self._answer_retry(job, room, settings)
+        elif job.kind == REGENERATE:
+            self.delivery.answering(job.reply_to)
+            target = ReplyTarget.of(job.event)
+            await self._answer(job, room, target, settings, job.reply_to)
         elif job.kind == COMPACT:
             await self.compaction.run(job, room, settings)
 
@@ -122,7 +131,7 @@ class TurnRunner:
         allowed = access.is_allowed(settings, room.owner)
         if not allowed or job.over_quota:
             # A notice comes after the answers before it.
-            await self.chain.settle(job.room_id)
+            await self.chain.settle(job.key)
         if not allowed:
             await self.refusals.revoked(target, room.owner)
         elif job.over_quota:
@@ -153,7 +162,7 @@ class TurnRunner:
         if turn.answered:
             # Answering the last message again replaces its answer in the context.
             async with self.store.transaction() as tx:
-                await tx.turns.delete_after(room.room_id, turn.id)
+                await tx.turns.delete_after(room.room_id, turn.id, job.thread)
                 await tx.turns.set_answered(turn.id, False)
         job.text = turn.content
         target = ReplyTarget.of(job.event, turn.event_id or job.event.event_id)
@@ -170,10 +179,13 @@ class TurnRunner:
         agent = settings.agents.get(room.agent_id)
         if settings.daily_tokens > 0:
             # The allowance counts what the answers before used: they are written down first.
-            await self.chain.settle(job.room_id)
-        if agent is None or await self.quota.tokens_exhausted(room.owner):
-            await self.chain.settle(job.room_id)
-            await self._not_answered(job, room, target, settings)
+            await self.chain.settle(job.key)
+        if agent is None or await self.quota.tokens_exhausted(job.sender):
+            await self.chain.settle(job.key)
+            # The agent is not configured any more, or the day's tokens are used: a notice,
+            # and the message kept for a retry.
+            await self.refusals.not_answered(target, room.agent_id, settings)
+            await self.delivery.kept(job, room)
             return
         request = await self.context.request_for(
             room,
@@ -182,31 +194,38 @@ class TurnRunner:
             job.text,
             job.event.event_id if event_id is None else event_id,
             before=job.turn_id,
-            pending=self.chain.pending_turns(job.room_id),
+            pending=self.chain.pending_turns(job.key),
+            thread=job.thread,
         )
         stream = ReplyStream(
-            self.outbox, target, settings, resume=job.resume, after=self.chain.last(job.room_id)
+            self.outbox, target, settings, resume=job.resume, after=self.chain.last(job.key)
         )
         stream.start()
         try:
-            text = await self.caller.call(agent, request, settings, stream)
+            with self.running.running(target.event_id, stream) as control:
+                text = await self.caller.call(agent, request, settings, stream, control)
         except BackendError as e:
             agent_failed(self.metrics, self.log, agent, room.room_id, e)
             notice = (
                 f"⚠️ {agent.name} failed: {e.describe()}. Your message is kept; "
                 f"send `!{settings.command_prefix} retry` to try again."
             )
-            self.chain.then(job.room_id, partial(self._show_failure, job, room, stream, notice), [])
+            self.chain.then(job.key, partial(self._show_failure, job, room, stream, notice), [])
             return
         except BaseException:
             # A Matrix failure, or a stop: what was shown is taken over by the next try.
             job.resume = stream.part_ids()
             await stream.close()
             raise
-        tokens = request.context_tokens + estimate_tokens(text)
-        exchange = [Turn(USER, job.text), Turn(ASSISTANT, text)]
+        if control.stopped:
+            text += STOPPED_NOTE
+            stream.add(STOPPED_NOTE)
+        tokens = used_tokens(control, request, text)
+        self.metrics.tokens(agent.id, tokens)
+        exchange = [Turn(USER, job.text, job.sender), Turn(ASSISTANT, text)]
         show = partial(self._show_answer, job, room, stream, text, tokens)
-        self.chain.then(job.room_id, show, exchange)
+        # A regenerated answer replaces one in the middle of the context: nothing new follows.
+        self.chain.then(job.key, show, [] if job.kind == REGENERATE else exchange)
 
     async def _show_answer(
         self, job: Job, room: RoomRow, stream: ReplyStream, text: str, tokens: int
@@ -234,27 +253,3 @@ class TurnRunner:
                 self.log.warning(f"Matrix failed in {job.room_id} ({e}); trying again in {wait} s")
                 await asyncio.sleep(wait)
         return False
-
-    async def _not_answered(
-        self, job: Job, room: RoomRow, target: ReplyTarget, settings: Settings
-    ) -> None:
-        """The agent is not configured any more, or the day's tokens are used: a notice, and
-        the message kept for a retry."""
-        if room.agent_id not in settings.agents:
-            await self.outbox.reply(
-                target,
-                f"This room's agent `{room.agent_id}` is not configured any more, so your message "
-                f"did not go to an agent. It is kept: once an admin adds the agent back, "
-                f"send `!{settings.command_prefix} retry`.",
-            )
-        else:
-            limit, prefix = settings.daily_tokens, settings.command_prefix
-            await self.refusals.refuse(
-                target,
-                "day",
-                lambda n: (
-                    f"You used today's allowance of {limit} tokens, so {these(n)} did not "
-                    f"go to the agent. It is kept: send `!{prefix} retry` tomorrow (UTC)."
-                ),
-            )
-        await self.delivery.kept(job, room)

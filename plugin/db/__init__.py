@@ -10,7 +10,9 @@ from mautrix.util.async_db import Database
 from .cache import RowCache
 from .rows import MemoryRow, RoomRow
 from .tables import (
+    AgentUsageTable,
     Executor,
+    FeedbackTable,
     MemoryTable,
     MessageTable,
     RoomTable,
@@ -38,6 +40,8 @@ class Store:
         self.turns = TurnTable(db)
         self.memory = MemoryTable(db, self.caches.memories, fill)
         self.usage = UsageTable(db)
+        self.agent_usage = AgentUsageTable(db)
+        self.feedback = FeedbackTable(db)
         self.messages = MessageTable(db)
         self.state = StateTable(db)
 

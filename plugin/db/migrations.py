@@ -135,3 +135,41 @@ async def upgrade_v3(conn: Connection, scheme: Scheme) -> None:
     await conn.execute(
         "ALTER TABLE agent_user ADD COLUMN access_notice BOOLEAN NOT NULL DEFAULT false"
     )
+
+
+@upgrade_table.register(description="Threads, shared rooms, forks and usage per agent")
+async def upgrade_conversations(conn: Connection, scheme: Scheme) -> None:
+    # Self-contained: a new database reaches it after `upgrade_latest`, an old one after v3.
+    # The binding's new fields (see matrix.binding), JSON text where they are collections.
+    await conn.execute("ALTER TABLE room ADD COLUMN collaborators TEXT NOT NULL DEFAULT '[]'")
+    await conn.execute("ALTER TABLE room ADD COLUMN fork_room TEXT")
+    await conn.execute("ALTER TABLE room ADD COLUMN fork_event TEXT")
+    await conn.execute("ALTER TABLE room ADD COLUMN thread_starts TEXT NOT NULL DEFAULT '{}'")
+    # '' is the room's main timeline; a thread's turns carry its root.
+    await conn.execute("ALTER TABLE context_turn ADD COLUMN thread_root TEXT NOT NULL DEFAULT ''")
+    await conn.execute("ALTER TABLE context_turn ADD COLUMN sender TEXT NOT NULL DEFAULT ''")
+    await conn.execute(
+        "CREATE INDEX context_turn_thread_idx ON context_turn (room_id, thread_root, id)"
+    )
+    await conn.execute(
+        """CREATE TABLE agent_usage (
+            user_id   TEXT NOT NULL,
+            agent_id  TEXT NOT NULL,
+            day       TEXT NOT NULL,
+            messages  INTEGER NOT NULL DEFAULT 0,
+            tokens    BIGINT NOT NULL DEFAULT 0,
+            PRIMARY KEY (user_id, agent_id, day)
+        )"""
+    )
+    # 👍/👎 on answers: one rating per person and answer, the latest one.
+    await conn.execute(
+        """CREATE TABLE feedback (
+            event_id    TEXT NOT NULL,
+            user_id     TEXT NOT NULL,
+            room_id     TEXT NOT NULL,
+            agent_id    TEXT NOT NULL,
+            rating      TEXT NOT NULL,
+            created_at  BIGINT NOT NULL,
+            PRIMARY KEY (event_id, user_id)
+        )"""
+    )

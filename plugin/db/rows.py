@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 import attrs
 from attrs import define, fields
 
-from ..matrix.binding import BINDING_FIELDS, Binding
+from ..matrix.binding import BINDING_FIELDS, Binding, from_column, to_column
 
 ACTIVE = "active"
 ARCHIVED = "archived"
@@ -67,6 +67,20 @@ class RoomRow(Row):
     created_at: int
     # When the plugin last changed the row: a reconciliation that read Matrix before then keeps it.
     updated_at: int = 0
+    collaborators: tuple[str, ...] = ()
+    fork_room: str | None = None
+    fork_event: str | None = None
+    thread_starts: dict[str, str] = attrs.field(factory=dict)
+
+    @classmethod
+    def from_row(cls, row: Any) -> RoomRow:
+        room = super().from_row(row)
+        for name in ("collaborators", "thread_starts"):
+            setattr(room, name, from_column(name, getattr(room, name)))
+        return room
+
+    def values(self) -> tuple[Any, ...]:
+        return tuple(to_column(f.name, getattr(self, f.name)) for f in fields(type(self)))
 
     @property
     def binding(self) -> Binding:
@@ -143,6 +157,10 @@ class TurnRow(Row):
     content: str
     answered: bool
     created_at: int
+    # '' for the room's main timeline, else the root of the thread the turn belongs to.
+    thread_root: str = ""
+    # Who sent a user turn (shared rooms tell the agent who said what).
+    sender: str = ""
 
 
 @define
@@ -159,3 +177,24 @@ class UsageRow(Row):
     day: str
     messages: int
     tokens: int
+
+
+@define
+class AgentUsageRow(Row):
+    user_id: str
+    agent_id: str
+    day: str
+    messages: int
+    tokens: int
+
+
+@define
+class FeedbackRow(Row):
+    """A 👍 ("up") or 👎 ("down") of one person on one of the bot's answers."""
+
+    event_id: str
+    user_id: str
+    room_id: str
+    agent_id: str
+    rating: str
+    created_at: int

@@ -11,13 +11,15 @@ from collections.abc import Iterable
 import attrs
 from mautrix.util.async_db import Connection, Database
 
-from ..matrix.binding import BINDING_FIELDS, Binding
+from ..matrix.binding import BINDING_FIELDS, Binding, to_column
 from .cache import MISSING, RowCache
 from .rows import (
     ACTIVE,
     ANSWERED,
     AWAITING_KEY,
     ROOM_LOCAL_COLUMNS,
+    AgentUsageRow,
+    FeedbackRow,
     MemoryRow,
     MessageRow,
     RoomRow,
@@ -194,7 +196,7 @@ class RoomTable:
 
     async def set_binding(self, room_id: str, binding: Binding) -> None:
         self.cache.forget(room_id)
-        values = [getattr(binding, name) for name in BINDING_FIELDS]
+        values = [to_column(name, getattr(binding, name)) for name in BINDING_FIELDS]
         await self.db.execute(_ROOM_SET_BINDING, room_id, now_ms(), *values)
 
     async def set_title(self, room_id: str, title: str) -> None:
@@ -259,6 +261,9 @@ class RoomTable:
 
 
 class TurnTable:
+    """Context turns. `thread` is '' for a room's main timeline, else the thread's root: each
+    thread is a conversation of its own."""
+
     def __init__(self, db: Executor) -> None:
         self.db = db
 
@@ -276,19 +281,25 @@ class TurnTable:
         return TurnRow.from_row(row)
 
     async def add_answered(
-        self, room_id: str, turns: Iterable[tuple[str | None, str, str]]
+        self, room_id: str, turns: Iterable[tuple[str | None, ...]], thread: str = ""
     ) -> None:
-        """Adds answered turns: (event id, role, content) each."""
-        records = [(room_id, ev, role, text, True, now_ms()) for ev, role, text in turns]
+        """Adds answered turns: (event id, role, content) each, or (…, sender) for a user's."""
+        records = [
+            (room_id, t[0], t[1], t[2], True, now_ms(), thread, t[3] if len(t) > 3 else "")
+            for t in turns
+        ]
         await self.db.executemany(
-            "INSERT INTO context_turn (room_id, event_id, role, content, answered, created_at) "
-            "VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO context_turn (room_id, event_id, role, content, answered, created_at, "
+            "thread_root, sender) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
             records,
         )
 
-    async def of_room(self, room_id: str) -> list[TurnRow]:
+    async def of_room(self, room_id: str, thread: str = "") -> list[TurnRow]:
         rows = await self.db.fetch(
-            f"SELECT {TurnRow.columns()} FROM context_turn WHERE room_id=$1 ORDER BY id", room_id
+            f"SELECT {TurnRow.columns()} FROM context_turn WHERE room_id=$1 AND thread_root=$2 "
+            "ORDER BY id",
+            room_id,
+            thread,
         )
         return [TurnRow.from_row(row) for row in rows]
 
@@ -305,13 +316,23 @@ class TurnTable:
         rows = await self.db.fetch("SELECT DISTINCT room_id FROM context_turn")
         return {row["room_id"] for row in rows}
 
-    async def has_any(self, room_id: str) -> bool:
+    async def has_any(self, room_id: str, thread: str = "") -> bool:
         return bool(
-            await self.db.fetchval("SELECT 1 FROM context_turn WHERE room_id=$1 LIMIT 1", room_id)
+            await self.db.fetchval(
+                "SELECT 1 FROM context_turn WHERE room_id=$1 AND thread_root=$2 LIMIT 1",
+                room_id,
+                thread,
+            )
         )
 
     async def add_user_turn(
-        self, room_id: str, event_id: str, content: str, answered: bool
+        self,
+        room_id: str,
+        event_id: str,
+        content: str,
+        answered: bool,
+        thread: str = "",
+        sender: str = "",
     ) -> None:
         """The turn of a user message, once: a message answered again after a restart may have
         one already, which then takes the new state."""
@@ -323,32 +344,49 @@ class TurnTable:
             USER_ROLE,
         )
         await self.db.execute(
-            "INSERT INTO context_turn (room_id, event_id, role, content, answered, created_at) "
-            "SELECT $1, $2, $5, $3, $4, $6 WHERE NOT EXISTS (SELECT 1 FROM context_turn "
-            "WHERE room_id=$1 AND event_id=$2 AND role=$5)",
+            "INSERT INTO context_turn (room_id, event_id, role, content, answered, created_at, "
+            "thread_root, sender) SELECT $1, $2, $5, $3, $4, $6, $7, $8 WHERE NOT EXISTS "
+            "(SELECT 1 FROM context_turn WHERE room_id=$1 AND event_id=$2 AND role=$5)",
             room_id,
             event_id,
             content,
             answered,
             USER_ROLE,
             now_ms(),
+            thread,
+            sender,
         )
 
     async def set_answered(self, turn_id: int, answered: bool) -> None:
         await self.db.execute("UPDATE context_turn SET answered=$2 WHERE id=$1", turn_id, answered)
 
-    async def delete_before(self, room_id: str, first_kept_id: int) -> None:
+    async def set_content(self, turn_id: int, content: str) -> None:
+        await self.db.execute("UPDATE context_turn SET content=$2 WHERE id=$1", turn_id, content)
+
+    async def delete_before(self, room_id: str, first_kept_id: int, thread: str = "") -> None:
         await self.db.execute(
-            "DELETE FROM context_turn WHERE room_id=$1 AND id<$2", room_id, first_kept_id
+            "DELETE FROM context_turn WHERE room_id=$1 AND thread_root=$3 AND id<$2",
+            room_id,
+            first_kept_id,
+            thread,
         )
 
-    async def delete_after(self, room_id: str, turn_id: int) -> None:
+    async def delete_after(self, room_id: str, turn_id: int, thread: str = "") -> None:
         await self.db.execute(
-            "DELETE FROM context_turn WHERE room_id=$1 AND id>$2", room_id, turn_id
+            "DELETE FROM context_turn WHERE room_id=$1 AND thread_root=$3 AND id>$2",
+            room_id,
+            turn_id,
+            thread,
         )
 
     async def clear(self, room_id: str) -> None:
+        """Empties the room's context, its threads' included."""
         await self.db.execute("DELETE FROM context_turn WHERE room_id=$1", room_id)
+
+    async def clear_thread(self, room_id: str, thread: str) -> None:
+        await self.db.execute(
+            "DELETE FROM context_turn WHERE room_id=$1 AND thread_root=$2", room_id, thread
+        )
 
 
 class MemoryTable:
@@ -411,6 +449,59 @@ class UsageTable:
             f"SELECT {UsageRow.columns()} FROM usage WHERE user_id=$1 AND day=$2", user_id, day
         )
         return UsageRow.from_row(row) if row else None
+
+
+class AgentUsageTable:
+    """Messages and tokens per user, agent and day (`!ai usage`); tokens as the server reported
+    them, or estimated where it reported none."""
+
+    def __init__(self, db: Executor) -> None:
+        self.db = db
+
+    async def add(self, user_id: str, agent_id: str, day: str, messages: int, tokens: int) -> None:
+        await self.db.execute(
+            "INSERT INTO agent_usage (user_id, agent_id, day, messages, tokens) "
+            "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (user_id, agent_id, day) DO UPDATE SET "
+            "messages=agent_usage.messages+excluded.messages, "
+            "tokens=agent_usage.tokens+excluded.tokens",
+            user_id,
+            agent_id,
+            day,
+            messages,
+            tokens,
+        )
+
+    async def since(self, user_id: str, first_day: str) -> list[AgentUsageRow]:
+        rows = await self.db.fetch(
+            f"SELECT {AgentUsageRow.columns()} FROM agent_usage WHERE user_id=$1 AND day>=$2 "
+            "ORDER BY agent_id, day",
+            user_id,
+            first_day,
+        )
+        return [AgentUsageRow.from_row(row) for row in rows]
+
+
+class FeedbackTable:
+    """The ratings of answers (see `FeedbackRow`); a person's new rating of an answer replaces
+    their earlier one."""
+
+    def __init__(self, db: Executor) -> None:
+        self.db = db
+
+    async def record(self, row: FeedbackRow) -> None:
+        await self.db.execute(
+            f"INSERT INTO feedback ({FeedbackRow.columns()}) VALUES ($1, $2, $3, $4, $5, $6) "
+            "ON CONFLICT (event_id, user_id) DO UPDATE SET rating=excluded.rating, "
+            "created_at=excluded.created_at",
+            *row.values(),
+        )
+
+    async def of_room(self, room_id: str) -> list[FeedbackRow]:
+        rows = await self.db.fetch(
+            f"SELECT {FeedbackRow.columns()} FROM feedback WHERE room_id=$1 ORDER BY created_at",
+            room_id,
+        )
+        return [FeedbackRow.from_row(row) for row in rows]
 
 
 class MessageTable:

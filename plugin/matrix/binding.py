@@ -6,6 +6,7 @@ are plain values: reading and writing them is `record.MatrixRecord`'s job.
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
@@ -41,10 +42,18 @@ class Binding:
     chat_id: str | None
     context_start: str | None = None
     share_memory: bool = True
+    # Shared rooms, forks and thread contexts (see `conversation.threads`, `spaces.collaborators`).
+    collaborators: tuple[str, ...] = ()
+    fork_room: str | None = None
+    fork_event: str | None = None
+    # Thread root -> the event that started the thread's current context (a clear or compact).
+    thread_starts: dict[str, str] = attrs.field(factory=dict)
     version: int = SCHEMA_VERSION
 
     def to_content(self) -> dict[str, Any]:
-        return asdict(self)
+        content = asdict(self)
+        content["collaborators"] = list(self.collaborators)
+        return content
 
     @classmethod
     def from_content(cls, content: dict[str, Any] | None) -> Binding | None:
@@ -64,13 +73,55 @@ class Binding:
             chat_id=chat_id if isinstance(chat_id, str) and chat_id else None,
             context_start=context_start if isinstance(context_start, str) else None,
             share_memory=content.get("share_memory") is not False,
+            **_conversation_fields(content),
             version=int(content.get("version") or SCHEMA_VERSION),
         )
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _conversation_fields(content: dict[str, Any]) -> dict[str, Any]:
+    """The fields of shared rooms, forks and threads; anything malformed reads as absent."""
+    collaborators = content.get("collaborators")
+    starts = content.get("thread_starts")
+    return {
+        "collaborators": tuple(
+            sorted({c for c in collaborators if isinstance(c, str) and c.startswith("@")})
+        )
+        if isinstance(collaborators, list)
+        else (),
+        "fork_room": _text(content.get("fork_room")),
+        "fork_event": _text(content.get("fork_event")),
+        "thread_starts": {k: v for k, v in starts.items() if _text(k) and _text(v)}
+        if isinstance(starts, dict)
+        else {},
+    }
 
 
 # The binding's fields that the database caches, one column each: the one list that the DB's
 # room row and its upsert derive from.
 BINDING_FIELDS = tuple(f.name for f in attrs.fields(Binding) if f.name != "version")
+# Binding fields that a DB column holds as JSON text.
+JSON_FIELDS = ("collaborators", "thread_starts")
+
+
+def to_column(name: str, value: Any) -> Any:
+    return (
+        json.dumps(list(value) if name == "collaborators" else value)
+        if name in JSON_FIELDS
+        else value
+    )
+
+
+def from_column(name: str, value: Any) -> Any:
+    if name not in JSON_FIELDS:
+        return value
+    decoded = json.loads(value or "null")
+    if name == "collaborators":
+        return tuple(decoded or ())
+    return dict(decoded or {})
 
 
 @define

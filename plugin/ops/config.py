@@ -16,6 +16,7 @@ from .settings import AgentSettings, Settings
 
 BACKENDS = ("echo", "openai", "http")
 ENCRYPT_MODES = ("auto", "always", "never")
+GROUP_TRIGGERS = ("mention", "all")
 # Keys whose values are never written to a log, not even when they have the wrong type.
 SECRET_KEYS = ("api_key", "headers", "token")
 _PREFIX_RE = re.compile(r"^[a-z0-9_-]+$")
@@ -47,6 +48,8 @@ CONFIG_KEYS = (
     "onboarding.rooms",
     "rooms.encrypt",
     "rooms.key_wait",
+    "rooms.threads",
+    "rooms.group_trigger",
     "dispatch.max_concurrency",
     "dispatch.edit_interval",
     "dispatch.max_edits",
@@ -222,11 +225,15 @@ def _parse_agent(reader: _Reader, index: int, raw: Any) -> AgentSettings | None:
             reader.problem(f"{key}.{url_key}", "must start with http:// or https://")
     name = reader.string(f"{key}.name", raw.get("name"), required=False)
     description = reader.string(f"{key}.description", raw.get("description"), required=False)
+    avatar = reader.string(f"{key}.avatar", raw.get("avatar"), required=False)
+    if avatar and not avatar.startswith(("mxc://", "http://", "https://")):
+        reader.problem(f"{key}.avatar", "must be an mxc:// URI or an http(s):// image URL")
     return AgentSettings(
         id=agent_id,
         name=name or agent_id,
         description=description,
         backend=backend,
+        avatar=avatar,
         **options,
     )
 
@@ -324,6 +331,17 @@ def _choice(reader: _Reader, key: str, choices: tuple[str, ...]) -> str:
     return value
 
 
+def _switch(reader: _Reader, key: str) -> bool:
+    """on|off (YAML 1.1 readers give true|false for those words): both are taken."""
+    value = reader.get(key)
+    if isinstance(value, bool):
+        return value
+    if value in ("on", "off"):
+        return value == "on"
+    reader.problem(key, f"must be on or off, got {_describe(value)}")
+    return False
+
+
 def _encrypt_mode(reader: _Reader, crypto: bool) -> str:
     mode = _choice(reader, "rooms.encrypt", ENCRYPT_MODES)
     if mode == "always" and not crypto:
@@ -380,6 +398,8 @@ def parse_settings(data: dict[str, Any], server: str, crypto: bool = True) -> Se
         catch_up_max_age=number("catch_up.max_age_hours", 0, integer=False) * 3600,
         catch_up_max_per_room=number("catch_up.max_per_room", 0),
         web_token=reader.string("web.token", required=False),
+        threads=_switch(reader, "rooms.threads"),
+        group_trigger=_choice(reader, "rooms.group_trigger", GROUP_TRIGGERS),
     )
     if reader.problems:
         raise ConfigError(reader.problems)

@@ -35,6 +35,9 @@ class Metrics:
     recent_errors: deque[ErrorRecord] = field(factory=lambda: deque(maxlen=RECENT_ERRORS))
     # agent id -> "ok" or the last failure, as the status page shows it.
     agent_health: dict[str, str] = field(factory=dict)
+    # Keyed by configured agent ids (and ratings), so bounded by the config.
+    tokens_by_agent: Counter[str] = field(factory=Counter)
+    feedback_by_agent: Counter[tuple[str, str]] = field(factory=Counter)
 
     def message_in(self) -> None:
         self.messages_in += 1
@@ -55,6 +58,13 @@ class Metrics:
             if seconds <= bound:
                 self.latency_buckets[bound] += 1
 
+    def tokens(self, agent_id: str, tokens: int) -> None:
+        """Tokens one answer cost: as the server reported them, else estimated."""
+        self.tokens_by_agent[agent_id] += tokens
+
+    def feedback(self, agent_id: str, rating: str) -> None:
+        self.feedback_by_agent[(agent_id, rating)] += 1
+
     def error(self, kind: str, message: str, agent_id: str | None = None) -> None:
         """`message` is shown on the status page: it must never hold a secret."""
         self.errors_by_kind[kind] += 1
@@ -65,6 +75,17 @@ class Metrics:
     def reconciled(self, duration: float, counts: dict[str, Any]) -> None:
         self.reconcile_duration = duration
         self.reconcile_counts = {k: int(v) for k, v in counts.items()}
+
+    def _latency(self) -> list[str]:
+        """The backend latency histogram's lines."""
+        buckets = [(f'{{le="{b:g}"}}', self.latency_buckets[b]) for b in LATENCY_BUCKETS]
+        buckets.append(('{le="+Inf"}', self.latency_count))
+        name = "agentspaces_backend_latency_seconds"
+        lines = [f"# HELP {name} Agent backend latency.", f"# TYPE {name} histogram"]
+        lines += [f"{name}_bucket{labels} {value:g}" for labels, value in buckets]
+        lines.append(f"{name}_sum {self.latency_sum:g}")
+        lines.append(f"{name}_count {self.latency_count}")
+        return lines
 
     def render(self, queue_depth: int) -> str:
         lines: list[str] = []
@@ -95,19 +116,27 @@ class Metrics:
             [(f'{{agent="{_escape(a)}"}}', n) for a, n in sorted(self.replies_by_agent.items())],
         )
         metric(
+            "tokens_total",
+            "counter",
+            "Tokens of the agents' answers by agent (reported by the server, else estimated).",
+            [(f'{{agent="{_escape(a)}"}}', n) for a, n in sorted(self.tokens_by_agent.items())],
+        )
+        metric(
+            "feedback_total",
+            "counter",
+            "Reactions of feedback on answers by agent and rating (up or down).",
+            [
+                (f'{{agent="{_escape(a)}",rating="{_escape(r)}"}}', n)
+                for (a, r), n in sorted(self.feedback_by_agent.items())
+            ],
+        )
+        metric(
             "errors_total",
             "counter",
             "Errors by kind.",
             [(f'{{kind="{_escape(k)}"}}', n) for k, n in sorted(self.errors_by_kind.items())],
         )
-        buckets = [(f'{{le="{b:g}"}}', self.latency_buckets[b]) for b in LATENCY_BUCKETS]
-        buckets.append(('{le="+Inf"}', self.latency_count))
-        lines.append("# HELP agentspaces_backend_latency_seconds Agent backend latency.")
-        lines.append("# TYPE agentspaces_backend_latency_seconds histogram")
-        for labels, value in buckets:
-            lines.append(f"agentspaces_backend_latency_seconds_bucket{labels} {value:g}")
-        lines.append(f"agentspaces_backend_latency_seconds_sum {self.latency_sum:g}")
-        lines.append(f"agentspaces_backend_latency_seconds_count {self.latency_count}")
+        lines += self._latency()
         metric("queue_depth", "gauge", "Messages waiting for an agent.", [("", queue_depth)])
         metric(
             "reconcile_duration_seconds",

@@ -20,6 +20,8 @@ class AgentSettings:
     url: str = ""
     headers: dict[str, str] = field(factory=dict, repr=False)
     send_history: bool = False
+    # The agent's avatar in its rooms: an mxc:// URI, or an image URL the plugin uploads once.
+    avatar: str = ""
 
 
 @frozen
@@ -49,3 +51,7 @@ class Settings:
     catch_up_max_age: float
     catch_up_max_per_room: int
     web_token: str = field(repr=False)
+    # Threads are conversations of their own (`rooms.threads`).
+    threads: bool = True
+    # When the agent answers in a room with collaborators: "mention" or "all".
+    group_trigger: str = "mention"

@@ -81,9 +81,9 @@ class MembershipHandler:
             await self._reject(room_id)
             return
         try:
-            # maubot's autojoin may have joined already; joining again changes nothing. No
-            # retries: mautrix would wait a minute on a room nobody is in any more, and the
-            # start waits for the invites that came while the bot was down.
+            # maubot's autojoin may have joined already; joining again changes nothing. One try:
+            # mautrix retries a failed join for over a minute, and an invite into a room that
+            # everyone left fails for good, which would hold up a start's reconciliation.
             await self.client.join_room(room_id, max_retries=0)
         except MatrixError as e:
             self.log.warning(f"Could not join {room_id} after the invite of {inviter}: {e}")

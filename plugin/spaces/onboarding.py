@@ -114,7 +114,13 @@ class Onboarding:
         async with self._locks.hold(user_id):
             return await self._ensure_space(user_id, OnboardResult())
 
-    async def new_room(self, owner: str, agent_id: str, title: str | None = None) -> RoomRow:
+    async def new_room(
+        self,
+        owner: str,
+        agent_id: str,
+        title: str | None = None,
+        fork: tuple[str, str] | None = None,
+    ) -> RoomRow:
         limit = self.settings().rooms_per_user
         if await self.store.rooms.count_of_owner(owner) >= limit:
             prefix = self.settings().command_prefix
@@ -123,7 +129,7 @@ class Onboarding:
                 f"with `!{prefix} archive` in it, then open a new one."
             )
         space_id = await self.ensure_space(owner)
-        return await self.rooms.create(owner, space_id, agent_id, title)
+        return await self.rooms.create(owner, space_id, agent_id, title, fork)
 
     async def _ensure_space(self, user_id: str, result: OnboardResult) -> str:
         user = await self.store.users.get(user_id)

@@ -19,6 +19,7 @@ from ..db import Store
 from ..db.rows import ACTIVE, ARCHIVED, RoomRow
 from ..matrix.binding import Binding, new_chat_id
 from ..matrix.creation import RoomCreator
+from ..matrix.identity import AgentIdentity
 from ..matrix.links import SpaceLinks, matrix_to, parent_content
 from ..matrix.outbox import Outbox
 from ..matrix.power import room_power_levels
@@ -37,6 +38,7 @@ class WorkingRooms:
     links: SpaceLinks
     bindings: Bindings
     creator: RoomCreator
+    identity: AgentIdentity
     settings: Callable[[], Settings]
     log: Logger
 
@@ -48,9 +50,15 @@ class WorkingRooms:
         return matrix_to(room_id, self.server_name)
 
     async def create(
-        self, owner: str, space_id: str, agent_id: str, title: str | None = None
+        self,
+        owner: str,
+        space_id: str,
+        agent_id: str,
+        title: str | None = None,
+        fork: tuple[str, str] | None = None,
     ) -> RoomRow:
-        """A new working room in the Space, linked both ways, bound, and its owner invited."""
+        """A new working room in the Space, linked both ways, bound, with the agent's identity,
+        and its owner invited. A fork's binding records the room and event it came from."""
         settings = self.settings()
         title = title or settings.agents[agent_id].name
         initial_state: list[dict[str, Any]] = [
@@ -74,11 +82,20 @@ class WorkingRooms:
             name=title,
             initial_state=initial_state,
         )
-        binding = Binding(owner=owner, space_id=space_id, agent_id=agent_id, chat_id=new_chat_id())
+        fork_room, fork_event = fork or (None, None)
+        binding = Binding(
+            owner=owner,
+            space_id=space_id,
+            agent_id=agent_id,
+            chat_id=new_chat_id(),
+            fork_room=fork_room,
+            fork_event=fork_event,
+        )
         row = RoomRow.new(room_id, binding, title)
 
         async def link_and_invite() -> None:
             await self.links.link(space_id, room_id)
+            await self.show_agent(room_id, agent_id)
             # Invited last, so that a failure before leaves the owner no empty room to join.
             await self.client.invite_user(room_id, owner)
 
@@ -100,6 +117,18 @@ class WorkingRooms:
 
     async def set_agent(self, room: RoomRow, agent_id: str) -> None:
         await self.bindings.change(room, agent_id=agent_id)
+        await self.show_agent(room.room_id, agent_id)
+
+    async def show_agent(self, room_id: str, agent_id: str) -> None:
+        """The bot appears as the agent in the room. A failure leaves the bot's usual profile
+        there, which is no reason to fail what the user asked for."""
+        agent = self.settings().agents.get(agent_id)
+        if agent is None:
+            return
+        try:
+            await self.identity.apply(room_id, agent)
+        except MatrixError as e:
+            self.log.warning(f"Could not show agent {agent_id} as the bot in {room_id}: {e}")
 
     async def move(self, room: RoomRow, space_id: str) -> None:
         """Moves a room into another Space of its owner: links, then the binding."""

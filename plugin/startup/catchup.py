@@ -23,10 +23,12 @@ from maubot.matrix import MaubotMatrixClient
 from mautrix.types import EncryptedEvent, MessageEvent
 from mautrix.util.logging import TraceLogger
 
-from ..conversation.context import ASSISTANT, USER
+from ..conversation.context import ASSISTANT
+from ..conversation.delivery import answered_turns
 from ..conversation.intake import Intake, job_of
 from ..conversation.queues import RoomQueues
 from ..conversation.quota import Quota
+from ..conversation.threads import thread_of
 from ..conversation.undecryptable import Undecryptable, record
 from ..db import Store
 from ..db.batch import GroupCommit
@@ -37,15 +39,8 @@ from ..matrix.replies import Timeline, message_text, resolve
 from ..matrix.sync import fresh_initial_sync
 from ..matrix.timeline import walk_back
 from ..ops.settings import Settings
-from .backlog import (
-    Backlog,
-    Candidate,
-    candidates,
-    is_candidate,
-    parse_event,
-    plan_backlog,
-    skipped_notice,
-)
+from .backlog import Backlog, Candidate, candidates, plan_backlog, skipped_notice
+from .rebuild import NewTurn, conversation_turns, fork_prefix, room_messages, within
 
 # How far back one room's walk may go, in events.
 MAX_WALK = 1000
@@ -179,13 +174,9 @@ class CatchUp:
         walked = await walk_back(self.client, room.room_id, stop_at, since, MAX_WALK)
         events = await self.encryption.decrypt_timeline(room.room_id, walked)
         timeline = resolve(events, self.client.mxid)
-        in_timeline = [
-            evt
-            for raw in events
-            if raw.get("sender") != self.client.mxid
-            and (evt := parse_event({**raw, "room_id": room.room_id})) is not None
-            and is_candidate(evt, room, settings)
-        ]
+        messages, notes = room_messages(events, room, settings, self.client.mxid)
+        # A shared room's notes called no agent: they have nothing to answer.
+        in_timeline = [evt for evt in messages if evt.event_id not in notes]
         states = {row.event_id: row.state for row in pending}
         states.update(await self.store.messages.states([evt.event_id for evt in in_timeline]))
         found = await self.undecryptable.read_late(
@@ -196,8 +187,8 @@ class CatchUp:
         )
         await self._apply(room, backlog, timeline, rebuild, report, found)
         if rebuild:
-            readable = [evt for evt in found if isinstance(evt, MessageEvent)]
-            await self._rebuild(room, timeline, readable, settings)
+            turns = conversation_turns(room, events, timeline, messages, notes, settings)
+            await self._rebuild(room, turns, settings)
             report.rebuilt += 1
             report.unreadable += len(timeline.unreadable)
         if walked:
@@ -246,8 +237,9 @@ class CatchUp:
             await self.undecryptable.tell(room, encrypted)
             report.undecryptable += 1
         # Claimed only now: what the live handler claimed meanwhile is queued already.
+        settings = self.settings()
         jobs = [
-            job_of(evt, resume=resume)
+            job_of(evt, resume=resume, thread=thread_of(evt, settings))
             for evt, resume in backlog.answer
             if self.queues.claim(evt.event_id)
         ]
@@ -268,42 +260,39 @@ class CatchUp:
         event_id = evt.event_id
         answer = timeline.answer_text(event_id)
         text = message_text(evt) if isinstance(evt, MessageEvent) else None
+        thread = thread_of(evt, self.settings()) if isinstance(evt, MessageEvent) else ""
 
         async def write(tx: Store) -> None:
             await record(tx, evt, ANSWERED)
             await tx.messages.set_state(event_id, ANSWERED)
-            if not rebuild and text is not None:
-                await tx.turns.add_user_turn(room.room_id, event_id, text, answer is not None)
+            if rebuild or text is None:
+                return
+            known = await answered_turns(tx, room.room_id, event_id)
+            if known is not None:
+                # A regeneration that ended in Matrix: its answer's turn takes the new text.
                 if answer is not None:
-                    await tx.turns.add_answered(room.room_id, [(None, ASSISTANT, answer)])
+                    await tx.turns.set_content(known[1].id, answer)
+                return
+            answered = answer is not None
+            await tx.turns.add_user_turn(room.room_id, event_id, text, answered, thread, evt.sender)
+            if answer is not None:
+                await tx.turns.add_answered(room.room_id, [(None, ASSISTANT, answer)], thread)
 
         await self.batch.write(write)
 
     async def _rebuild(
-        self,
-        room: RoomRow,
-        timeline: Timeline,
-        messages: list[MessageEvent],
-        settings: Settings,
+        self, room: RoomRow, turns: dict[str, list[NewTurn]], settings: Settings
     ) -> None:
-        """Rebuilds a wiped history from the timeline, newest turns first, up to the budget: the
-        messages that were answered, and their answers."""
+        """Rebuilds a wiped history from the timeline, newest turns first, up to the budget:
+        each conversation's answered messages and their answers (a fork's, after the turns of
+        the room it came from)."""
         agent = settings.agents.get(room.agent_id)
         budget = (agent.max_context_tokens if agent else 8000) * 4
-        turns: list[tuple[str | None, str, str]] = []
-        for evt in messages:
-            if not timeline.answered(evt.event_id):
-                continue
-            turns.append((evt.event_id, USER, evt.content.body or ""))
-            answer = timeline.answer_text(evt.event_id)
-            if answer is not None:
-                turns.append((None, ASSISTANT, answer))
-        kept: list[tuple[str | None, str, str]] = []
-        size = 0
-        for turn in reversed(turns):
-            size += len(turn[2])
-            if size > budget:
-                break
-            kept.append(turn)
-        if kept:
-            await self.store.turns.add_answered(room.room_id, reversed(kept))
+        if room.fork_room:
+            origin = await self.store.rooms.get(room.fork_room)
+            prefix = await fork_prefix(self.client, self.encryption, room, origin, settings)
+            turns[""] = [*prefix, *turns.get("", [])]
+        for thread, conversation in turns.items():
+            kept = within(conversation, budget)
+            if kept:
+                await self.store.turns.add_answered(room.room_id, kept, thread)

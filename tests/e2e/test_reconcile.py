@@ -267,8 +267,17 @@ async def test_legacy_rows_without_chat_id_are_backfilled_at_start(
 
 
 async def downgrade_to_v1(bot: Deployment, db_kind: str, request: pytest.FixtureRequest) -> None:
-    # Back to the version 1 schema: without chat ids, and without what versions 2 and 3 added.
+    # Back to the version 1 schema: without chat ids, and without what later versions added.
     statements = [
+        "DROP INDEX context_turn_thread_idx",
+        "ALTER TABLE context_turn DROP COLUMN thread_root",
+        "ALTER TABLE context_turn DROP COLUMN sender",
+        "ALTER TABLE room DROP COLUMN collaborators",
+        "ALTER TABLE room DROP COLUMN fork_room",
+        "ALTER TABLE room DROP COLUMN fork_event",
+        "ALTER TABLE room DROP COLUMN thread_starts",
+        "DROP TABLE agent_usage",
+        "DROP TABLE feedback",
         "ALTER TABLE room DROP COLUMN chat_id",
         "ALTER TABLE room DROP COLUMN updated_at",
         "ALTER TABLE agent_user DROP COLUMN updated_at",

@@ -121,6 +121,10 @@ async def test_start_builds_the_space_as_the_user_sees_it(
             "chat_id": row["chat_id"],
             "context_start": None,
             "share_memory": True,
+            "collaborators": [],
+            "fork_room": None,
+            "fork_event": None,
+            "thread_starts": {},
             "version": 1,
         }
         assert row["chat_id"]

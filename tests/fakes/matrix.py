@@ -43,6 +43,7 @@ from mautrix.types import (
     Membership,
     MessageEvent,
     PaginatedMessages,
+    ReactionEvent,
     RoomNameStateEventContent,
 )
 
@@ -243,6 +244,8 @@ class FakeMatrix:
         self.dispatched: list[Event] = []
         self.on_dispatch: Callable[[Event], Awaitable[None]] | None = None
         self.handler_tasks: list[asyncio.Task[None]] = []
+        # What the plugin uploaded to the media repository.
+        self.uploads: list[bytes] = []
 
     # Failure injection
 
@@ -386,6 +389,15 @@ class FakeMatrix:
     async def forget_room(self, room_id: str) -> None:
         pass
 
+    async def kick_user(self, room_id: str, user_id: str, reason: str = "") -> None:
+        self._call("kick_user")
+        self.rooms[room_id].members[user_id] = "leave"
+
+    async def upload_media(self, data: bytes, mime_type: str | None = None, **kwargs: Any) -> str:
+        self._call("upload_media")
+        self.uploads.append(data)
+        return f"mxc://example.org/upload{next(_ids)}"
+
     async def get_displayname(self, user_id: str) -> str:
         return "Alice"
 
@@ -474,7 +486,42 @@ class FakeMatrix:
             return {"capabilities": {"m.room_versions": versions}}
         if path.endswith("/messages"):
             return self._messages(unquote(path.split("/")[-2]), query)
+        parts = [unquote(p) for p in path.split("/")]
+        if "event" in parts or "relations" in parts:
+            return self._event_or_edits(parts)
         return self._sync(json.loads(query.get("filter") or "{}"))
+
+    def _event_or_edits(self, parts: list[str]) -> dict[str, Any]:
+        """`/rooms/{room}/event/{id}`, or `/rooms/{room}/relations/{id}/m.replace` (newest
+        first), from the room's timeline."""
+        room_id = parts[parts.index("rooms") + 1]
+        if "event" in parts:
+            event_id = parts[parts.index("event") + 1]
+            for event in self.history.get(room_id, []):
+                if event["event_id"] == event_id:
+                    return copy.deepcopy(event)
+            raise MNotFound(404, "no such event")
+        event_id = parts[parts.index("relations") + 1]
+        edits = [
+            e
+            for e in self.history.get(room_id, [])
+            if (e.get("content", {}).get("m.relates_to") or {}).get("rel_type") == "m.replace"
+            and e["content"]["m.relates_to"].get("event_id") == event_id
+        ]
+        return {"chunk": copy.deepcopy(edits)}
+
+    def reaction(self, room_id: str, event_id: str, key: str, sender: str = ALICE) -> ReactionEvent:
+        """A reaction that `sender` sent, as the event maubot hands the plugin."""
+        relates = {"rel_type": "m.annotation", "event_id": event_id, "key": key}
+        event = {
+            "type": "m.reaction",
+            "room_id": room_id,
+            "event_id": f"$react{next(_ids)}",
+            "sender": sender,
+            "origin_server_ts": now_ms(),
+            "content": {"m.relates_to": relates},
+        }
+        return ReactionEvent.deserialize(event)
 
     def _messages(self, room_id: str, query: dict[str, str]) -> dict[str, Any]:
         """One page backwards from the newest event (or from the `from` token)."""

@@ -18,6 +18,8 @@ from attrs import define, field
 
 # The api_key and headers of the agents the tests configure: it must never reach a room or a log.
 SECRET = "sk-e2e-secret-4242"
+# What `/avatar.png` serves: the bytes of a PNG signature, which is all the plugin looks at.
+AVATAR_PNG = b"\x89PNG\r\n\x1a\n-fake-avatar"
 
 
 @define
@@ -34,6 +36,9 @@ class Behavior:
     chunk_delay: float = 0.0
     # Close the connection after this many chunks, mid-stream.
     break_after: int | None = None
+    # The token counts the server reports (`{"prompt_tokens", "completion_tokens"}`): in the
+    # JSON answer, or in a last stream chunk when the request asks for it.
+    usage: dict[str, int] | None = None
 
 
 @define
@@ -67,6 +72,11 @@ class FakeServer:
     # Requests being answered right now, and the most seen at once.
     active: int = 0
     max_active: int = 0
+    # Streamed answers whose client closed the connection before the end.
+    disconnects: int = 0
+    # Requests that are not for an answer (an http agent's feedback).
+    feedback: list[dict[str, Any]] = field(factory=list)
+    avatar_downloads: int = 0
 
     def script(self, *behaviors: Behavior) -> None:
         self.script_queue.extend(behaviors)
@@ -74,6 +84,7 @@ class FakeServer:
     async def start(self) -> None:
         app = web.Application()
         app.router.add_post("/{tail:.*}", self._handle)
+        app.router.add_get("/avatar.png", self._avatar)
         # A test that leaves a slow answer pending must not wait for it when the server stops.
         self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         await self.runner.setup()
@@ -97,8 +108,16 @@ class FakeServer:
             await asyncio.sleep(0.02)
         return self.requests
 
+    async def _avatar(self, request: web.Request) -> web.Response:
+        """An agent's avatar image, as a web server would serve it."""
+        self.avatar_downloads += 1
+        return web.Response(body=AVATAR_PNG, content_type="image/png")
+
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
+        if body.get("type") == "feedback":
+            self.feedback.append(body)
+            return web.json_response({"ok": True})
         self.requests.append(Recorded(body, dict(request.headers)))
         behavior = self.script_queue.popleft() if self.script_queue else self.default
         self.active += 1
@@ -117,13 +136,26 @@ class FakeServer:
                 )
             text = behavior.reply if behavior.reply is not None else self.reply_text(body)
             if behavior.chunks or self.wants_stream(body):
-                return await self._stream(request, behavior, split(text, behavior.chunks or 3))
-            return web.json_response(self.whole(text))
+                usage = behavior.usage if self.wants_usage(body) else None
+                parts = split(text, behavior.chunks or 3)
+                try:
+                    return await self._stream(request, behavior, parts, usage)
+                except (ConnectionResetError, asyncio.CancelledError):
+                    self.disconnects += 1
+                    raise
+            whole = self.whole(text)
+            if behavior.usage is not None:
+                whole["usage"] = behavior.usage
+            return web.json_response(whole)
         finally:
             self.active -= 1
 
     async def _stream(
-        self, request: web.Request, behavior: Behavior, parts: list[str]
+        self,
+        request: web.Request,
+        behavior: Behavior,
+        parts: list[str],
+        usage: dict[str, int] | None,
     ) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
@@ -134,6 +166,10 @@ class FakeServer:
             await resp.write(f"data: {json.dumps(self.chunk(part))}\n\n".encode())
             if behavior.chunk_delay:
                 await asyncio.sleep(behavior.chunk_delay)
+                if request.transport is None or request.transport.is_closing():
+                    raise ConnectionResetError("the client closed the connection")
+        if usage is not None:
+            await resp.write(f"data: {json.dumps(self.usage_chunk(usage))}\n\n".encode())
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
         return resp
@@ -145,6 +181,12 @@ class FakeServer:
 
     def wants_stream(self, body: dict[str, Any]) -> bool:
         return False
+
+    def wants_usage(self, body: dict[str, Any]) -> bool:
+        return True
+
+    def usage_chunk(self, usage: dict[str, int]) -> dict[str, Any]:
+        return {"usage": usage}
 
     def whole(self, text: str) -> dict[str, Any]:
         raise NotImplementedError
@@ -161,6 +203,18 @@ class FakeOpenAI(FakeServer):
 
     def wants_stream(self, body: dict[str, Any]) -> bool:
         return bool(body.get("stream"))
+
+    def wants_usage(self, body: dict[str, Any]) -> bool:
+        return bool((body.get("stream_options") or {}).get("include_usage"))
+
+    def usage_chunk(self, usage: dict[str, int]) -> dict[str, Any]:
+        # OpenAI's last chunk with include_usage: no choices, only the usage.
+        return {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion.chunk",
+            "choices": [],
+            "usage": usage,
+        }
 
     def whole(self, text: str) -> dict[str, Any]:
         return {

@@ -75,6 +75,15 @@ def script_agent(monkeypatch: pytest.MonkeyPatch) -> ScriptedAgent:
     return scripted
 
 
+async def scripted_room(
+    world: World, monkeypatch: pytest.MonkeyPatch, room_id: str, config: dict[str, Any]
+) -> tuple[ScriptedAgent, RoomRow]:
+    """A working room of Alice's with a scripted agent, under this config."""
+    backend = script_agent(monkeypatch)
+    world.configure(config)
+    return backend, await world.add_room(room_id)
+
+
 @define
 class World:
     fake: FakeMatrix

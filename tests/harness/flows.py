@@ -181,3 +181,31 @@ async def db_rows(
             engine.dispose()
 
     return await asyncio.to_thread(read)
+
+
+async def wipe_and_restart(bot: Deployment, db_kind: str, request: pytest.FixtureRequest) -> None:
+    """Stops maubot, deletes the plugin database, and starts again: all is rebuilt from Matrix."""
+    await bot.stop()
+    await delete_plugin_database(bot, db_kind, request)
+    await bot.start()
+
+
+async def metrics_text(bot: Deployment) -> str:
+    """The instance's /metrics page, read with its web token as Prometheus would."""
+    import aiohttp
+    from ruamel.yaml import YAML
+
+    token = YAML(typ="safe").load((await bot.instance())["config"])["web"]["token"]
+    url = f"{bot.server.url}/_matrix/maubot/plugin/{bot.instance_id}/metrics"
+    headers = {"Authorization": f"Bearer {token}"}
+    async with aiohttp.ClientSession() as http, http.get(url, headers=headers) as resp:
+        assert resp.status == 200, f"/metrics answered {resp.status}"
+        return await resp.text()
+
+
+def event_content(user: MatrixUser, room_id: str, event_id: str) -> dict[str, Any]:
+    """The content an event was sent with (before any edit), as the user's sync saw it."""
+    for event in user.events(room_id):
+        if event["event_id"] == event_id:
+            return event.get("content") or {}
+    raise AssertionError(f"{event_id} is not in {user.user_id}'s timeline of {room_id}")

@@ -119,16 +119,34 @@ class MatrixUser:
         path = f"/rooms/{quote(room_id)}/send/{type}/{txn}"
         return (await self.request("PUT", path, content))["event_id"]
 
-    async def send_text(self, room_id: str, body: str, thread_root: str | None = None) -> str:
+    async def send_text(
+        self,
+        room_id: str,
+        body: str,
+        thread_root: str | None = None,
+        mentions: list[str] | None = None,
+        reply_to: str | None = None,
+    ) -> str:
+        """A text message; in a thread, with intentional mentions (`m.mentions`), or as a reply
+        (as Element sends them: no fallback quote in the body)."""
         content: dict[str, Any] = {"msgtype": "m.text", "body": body}
         if thread_root:
             content["m.relates_to"] = {
                 "rel_type": "m.thread",
                 "event_id": thread_root,
-                "is_falling_back": True,
-                "m.in_reply_to": {"event_id": thread_root},
+                "is_falling_back": reply_to is None,
+                "m.in_reply_to": {"event_id": reply_to or thread_root},
             }
+        elif reply_to:
+            content["m.relates_to"] = {"m.in_reply_to": {"event_id": reply_to}}
+        if mentions is not None:
+            content["m.mentions"] = {"user_ids": mentions}
         return await self.send(room_id, content)
+
+    async def react(self, room_id: str, event_id: str, key: str) -> str:
+        """A reaction (an annotation) on an event."""
+        relates = {"rel_type": "m.annotation", "event_id": event_id, "key": key}
+        return await self.send(room_id, {"m.relates_to": relates}, "m.reaction")
 
     async def send_state(
         self, room_id: str, type: str, content: dict[str, Any], state_key: str = ""

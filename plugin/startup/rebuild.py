@@ -1,0 +1,125 @@
+"""Rebuilding a wiped context from the timeline: each conversation (the main timeline and every
+thread) from its start on, a shared room's messages with their senders, and a fork's context
+up to the message it was forked at, read from the room it came from.
+
+`conversation_turns` is pure; `fork_prefix` reads the origin room's timeline.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from maubot.matrix import MaubotMatrixClient
+from mautrix.types import MessageEvent
+
+from ..conversation.context import ASSISTANT, USER
+from ..conversation.group import calls_agent
+from ..conversation.threads import thread_of, thread_root
+from ..db.rows import ACTIVE, RoomRow
+from ..matrix.encryption import Encryption
+from ..matrix.replies import Timeline, message_text, reply_target, resolve
+from ..matrix.timeline import walk_back
+from ..ops.settings import Settings
+from .backlog import Candidate, is_candidate, parse_event
+
+# (event id, role, content, sender): a turn as `TurnTable.add_answered` takes it.
+NewTurn = tuple[str | None, str, str, str]
+MAX_WALK = 1000
+
+
+def room_messages(
+    events: list[dict[str, Any]], room: RoomRow, settings: Settings, bot_id: str
+) -> tuple[list[Candidate], set[str]]:
+    """The messages of the room's conversations, oldest first (with those that could not be
+    decrypted), and which of them are notes (a shared room's messages that did not call the
+    agent)."""
+    messages: list[Candidate] = []
+    notes: set[str] = set()
+    for raw in events:
+        if raw.get("sender") == bot_id:
+            continue
+        evt = parse_event({**raw, "room_id": room.room_id})
+        if evt is None or not is_candidate(evt, room, settings):
+            continue
+        messages.append(evt)
+        if isinstance(evt, MessageEvent) and not calls_agent(evt, room, settings, bot_id):
+            notes.add(evt.event_id)
+    return messages, notes
+
+
+def conversation_turns(
+    room: RoomRow,
+    events: list[dict[str, Any]],
+    timeline: Timeline,
+    messages: list[Candidate],
+    notes: set[str],
+    settings: Settings,
+) -> dict[str, list[NewTurn]]:
+    """Thread ('' for the main timeline) -> its turns: the answered messages with their answers,
+    and the notes; a thread's from the start recorded in the binding on."""
+    position = {e.get("event_id"): n for n, e in enumerate(events)}
+    turns: dict[str, list[NewTurn]] = {}
+    for evt in messages:
+        if not isinstance(evt, MessageEvent):
+            continue  # not decrypted: nothing to rebuild from
+        thread = thread_of(evt, settings)
+        start = room.thread_starts.get(thread) if thread else None
+        if start is not None and position.get(evt.event_id, 0) <= position.get(start, -1):
+            continue
+        if evt.event_id in notes:
+            turns.setdefault(thread, []).append((evt.event_id, USER, message_text(evt), evt.sender))
+            continue
+        if not timeline.answered(evt.event_id):
+            continue
+        into = turns.setdefault(thread, [])
+        into.append((evt.event_id, USER, message_text(evt), evt.sender))
+        answer = timeline.answer_text(evt.event_id)
+        if answer is not None:
+            into.append((None, ASSISTANT, answer, ""))
+    return turns
+
+
+def within(turns: list[NewTurn], budget_chars: int) -> list[NewTurn]:
+    """The newest turns that fit in the budget, oldest first."""
+    kept: list[NewTurn] = []
+    size = 0
+    for turn in reversed(turns):
+        size += len(turn[2])
+        if size > budget_chars:
+            break
+        kept.append(turn)
+    return kept[::-1]
+
+
+async def fork_prefix(
+    client: MaubotMatrixClient,
+    encryption: Encryption,
+    room: RoomRow,
+    origin: RoomRow | None,
+    settings: Settings,
+) -> list[NewTurn]:
+    """A fork's context from the room it came from: that conversation up to the exchange of the
+    message it was forked at."""
+    if not room.fork_room or not room.fork_event:
+        return []
+    # The origin's own row says who talked there; without it (not managed any more), the owner.
+    if origin is None or origin.state != ACTIVE:
+        origin = RoomRow.new(room.fork_room, room.binding, "")
+        origin.collaborators = ()
+    stop_at = {origin.context_start} if origin.context_start else set()
+    walked = await walk_back(client, room.fork_room, stop_at, 0, MAX_WALK)
+    events = await encryption.decrypt_timeline(room.fork_room, walked)
+    by_id = {e.get("event_id"): e for e in events}
+    target = by_id.get(room.fork_event)
+    if target is None:
+        return []
+    content = target.get("content") or {}
+    message_id = reply_target(content) if target.get("sender") == client.mxid else room.fork_event
+    message = by_id.get(message_id or "")
+    if message is None:
+        return []
+    thread = thread_root(message.get("content") or {}) if settings.threads else ""
+    upto = events[: events.index(message) + 1]
+    messages, notes = room_messages(upto, origin, settings, client.mxid)
+    timeline = resolve(events, client.mxid)
+    return conversation_turns(origin, events, timeline, messages, notes, settings).get(thread, [])
