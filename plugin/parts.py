@@ -88,7 +88,8 @@ def build(
     rooms = WorkingRooms(client, store, outbox, links, bindings, creator, identity, settings, log)
     onboarding = Onboarding(client, store, record, rooms, settings, log)
     membership = MembershipHandler(client, store, outbox, onboarding, rooms, record, settings, log)
-    context = ContextManager(store, bindings, ThreadRoots(client))
+    encryption = Encryption(client, log.getChild("encryption"))
+    context = ContextManager(store, bindings, ThreadRoots(encryption))
     quota = Quota(store, settings)
     refusals = Refusals(outbox, store)
     caller = AgentCaller(http, TypingNotices(client, log), metrics, settings)
@@ -116,11 +117,12 @@ def build(
     intake = Intake(
         client.mxid, store, queues, quota, refusals, delivery, metrics, settings, dispatch_log
     )
-    encryption = Encryption(client, log.getChild("encryption"))
     undecryptable = Undecryptable(
         client, encryption, store, intake, refusals, metrics, settings, dispatch_log
     )
-    reactions = Reactions(client, store, queues, running, http, metrics, settings, dispatch_log)
+    reactions = Reactions(
+        client, encryption, store, queues, running, http, metrics, settings, dispatch_log
+    )
     reconciler = Reconciler(client, store, record, links, log, membership.handle_invite)
     catch_up = CatchUp(
         client,
@@ -140,7 +142,9 @@ def build(
     RoomCommands(onboarding, rooms).register(router)
     ContextCommands(context, intake).register(router)
     MemoryCommands(store).register(router)
-    _sharing(client, store, bindings, context, onboarding, outbox, settings, log).register(router)
+    _sharing(
+        client, encryption, store, bindings, context, onboarding, outbox, settings, log
+    ).register(router)
     UsageCommands(store).register(router)
     AdminCommands(startup.reports, startup.reconcile).register(router)
     return Parts(
@@ -162,6 +166,7 @@ def build(
 
 def _sharing(
     client: MaubotMatrixClient,
+    encryption: Encryption,
     store: Store,
     bindings: Bindings,
     context: ContextManager,
@@ -170,5 +175,5 @@ def _sharing(
     settings: Callable[[], Settings],
     log: Logger,
 ) -> SharingCommands:
-    forks = Forks(client, store, context, onboarding, outbox, settings, log)
+    forks = Forks(client, encryption, store, context, onboarding, outbox, settings, log)
     return SharingCommands(Collaborators(client, bindings, settings, log), forks)

@@ -18,6 +18,7 @@ from ..agents.base import BackendError
 from ..agents.feedback import DOWN, UP, feedback_payload, send_feedback
 from ..db import Store
 from ..db.rows import ACTIVE, FeedbackRow, RoomRow, now_ms
+from ..matrix.encryption import Encryption
 from ..ops import access
 from ..ops.metrics import Metrics
 from ..ops.settings import Settings
@@ -46,6 +47,7 @@ def may_react(settings: Settings, room: RoomRow, user_id: str) -> bool:
 @define(eq=False)
 class Reactions:
     client: MaubotMatrixClient
+    encryption: Encryption
     store: Store
     queues: RoomQueues
     running: RunningAnswers
@@ -77,7 +79,7 @@ class Reactions:
     async def _regenerate(self, room: RoomRow, target: str) -> None:
         if any(job.resume and target in job.resume for job in self.queues.pending(room.room_id)):
             return
-        job = await regeneration(self.client, self.store, room, target)
+        job = await regeneration(self.encryption, self.store, room, target)
         if job is None:
             self.log.info(f"Not regenerating {target} in {room.room_id}: not an answer in context")
             return
@@ -86,7 +88,7 @@ class Reactions:
     async def _feedback(
         self, room: RoomRow, sender: str, target: str, rating: str, settings: Settings
     ) -> None:
-        answered = await answered_message(self.client, room.room_id, target)
+        answered = await answered_message(self.encryption, room.room_id, target)
         agent = settings.agents.get(room.agent_id)
         if answered is None or agent is None:
             return

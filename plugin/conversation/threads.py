@@ -12,11 +12,11 @@ import uuid
 from typing import Any
 
 from attrs import define, field
-from maubot.matrix import MaubotMatrixClient
 from mautrix.types import MessageEvent
 
 from ..agents.base import Turn
 from ..db.cache import MISSING, RowCache
+from ..matrix.encryption import Encryption
 from ..matrix.events import current_content, read_event
 from ..ops.settings import Settings
 
@@ -63,7 +63,7 @@ def with_start(starts: dict[str, str], root: str, start: str) -> dict[str, str]:
 class ThreadRoots:
     """The seed of each thread's context: its root message, read from Matrix."""
 
-    client: MaubotMatrixClient
+    encryption: Encryption
     _cache: RowCache[Turn | None] = field(init=False, factory=lambda: RowCache(CACHED_ROOTS))
 
     async def seed(self, room_id: str, root: str) -> Turn | None:
@@ -75,14 +75,14 @@ class ThreadRoots:
         return turn
 
     async def _read(self, room_id: str, root: str) -> Turn | None:
-        event = await read_event(self.client, room_id, root)
+        event = await read_event(self.encryption, room_id, root)
         if event is None or event.get("type") != "m.room.message":
             return None
-        content = await current_content(self.client, room_id, event)
+        content = await current_content(self.encryption, room_id, event)
         body = content.get("body")
         if not isinstance(body, str) or not body.strip():
             return None
         sender = str(event.get("sender") or "")
-        if sender == self.client.mxid:
+        if sender == self.encryption.client.mxid:
             return Turn("assistant", body)
         return Turn("user", body, sender)

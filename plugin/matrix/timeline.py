@@ -24,8 +24,11 @@ async def walk_back(
     since_ts: int,
     max_events: int,
 ) -> list[dict[str, Any]]:
-    """Messages from the newest back to the first of `stop_at` or `since_ts`, oldest first."""
+    """Messages, oldest first, from the newest back to the first of `stop_at` (excluded), and
+    on past it to `since_ts` when that is older; without `stop_at`, back to `since_ts` (0: as
+    far as `max_events`)."""
     collected: list[dict[str, Any]] = []
+    reached = not stop_at
     token: str | None = None
     while len(collected) < max_events:
         resp = await client.api.request(
@@ -40,7 +43,9 @@ async def walk_back(
         )
         chunk = resp.get("chunk") or []
         for ev in chunk:
-            if ev.get("event_id") in stop_at or ev.get("origin_server_ts", 0) < since_ts:
+            reached = reached or ev.get("event_id") in stop_at
+            older = ev.get("origin_server_ts", 0) < since_ts
+            if reached and (older or (since_ts == 0 and bool(stop_at))):
                 return collected[::-1]
             collected.append(ev)
         token = resp.get("end")

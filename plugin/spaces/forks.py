@@ -20,6 +20,7 @@ from ..conversation.threads import thread_of
 from ..db import Store
 from ..db.rows import RoomRow, TurnRow
 from ..errors import UsageError
+from ..matrix.encryption import Encryption
 from ..matrix.outbox import Outbox
 from ..ops.settings import Settings
 from .onboarding import Onboarding
@@ -44,6 +45,7 @@ def turns_up_to(turns: list[TurnRow], message_id: str) -> list[TurnRow] | None:
 @define(eq=False)
 class Forks:
     client: MaubotMatrixClient
+    encryption: Encryption
     store: Store
     context: ContextManager
     onboarding: Onboarding
@@ -64,7 +66,7 @@ class Forks:
                 f"Send `!{prefix} fork` as a reply to the message to fork at: the new room "
                 "gets the conversation up to it."
             )
-        answered = await answered_message(self.client, room.room_id, target)
+        answered = await answered_message(self.encryption, room.room_id, target)
         message_id = answered[0] if answered is not None else target
         turns = turns_up_to(await self.context.conversation_turns(room, thread), message_id)
         if not turns:

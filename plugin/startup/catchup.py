@@ -167,10 +167,11 @@ class CatchUp:
         now = now_ms()
         cursor = room.context_start if rebuild else room.last_event_id
         # Back to the cursor whatever the age, so that what is too old is told, not lost; and
-        # past every message still to answer, whose interrupted or lost reply may lie behind
+        # on past every message still to answer, whose interrupted or lost reply may lie behind
         # the cursor (a start that was cut short queued it, moved the cursor, and died).
-        stop_at = {cursor} if cursor and not pending else set()
-        since = min(row.sent_at for row in pending) if pending else 0
+        # Without a cursor, the whole walk.
+        stop_at = {cursor} if cursor else set()
+        since = min(row.sent_at for row in pending) if pending and cursor else 0
         walked = await walk_back(self.client, room.room_id, stop_at, since, MAX_WALK)
         events = await self.encryption.decrypt_timeline(room.room_id, walked)
         timeline = resolve(events, self.client.mxid)

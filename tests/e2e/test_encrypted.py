@@ -24,6 +24,7 @@ from tests.harness.flows import (
     delete_plugin_database,
     join_space,
     room_links,
+    wipe_and_restart,
 )
 from tests.harness.matrix_user import STREAMING_KEY, MatrixUser, Reply
 from tests.harness.maubot_server import CRYPTO_ENABLED, CRYPTO_MISSING
@@ -223,6 +224,50 @@ async def test_a_wiped_database_rebuilds_the_context_from_the_encrypted_timeline
     status = (await dave.ask(onboarded.dm, "!ai admin status", crypto_bot.bot_id)).body
     assert "repaired=1" in status and "encrypted=1" in status, status
     assert "rebuilt=1" in status and "unreadable=0" in status, status
+
+
+def user_texts(body: dict[str, Any]) -> list[str]:
+    return [m["content"] for m in body["messages"] if m["role"] == "user"]
+
+
+async def test_threads_and_regenerate_read_the_encrypted_timeline(
+    crypto_bot: Deployment,
+    make_crypto_user,
+    openai_server: FakeOpenAI,
+    db_kind: str,
+    request: pytest.FixtureRequest,
+) -> None:
+    carol = await make_crypto_user("carol")
+    agent = openai_server.agent(stream=False)
+    config = {"agents": [agent], "default_agent": agent["id"]}
+    room = (await encrypted_room(carol, crypto_bot, config)).rooms[agent["id"]]
+    first = await carol.send_text(room, "first topic")
+    answer = await carol.wait_for_reply(room, first, crypto_bot.bot_id, timeout=30)
+
+    # A thread opens with its root, read back from Matrix and decrypted.
+    apples = await carol.send_text(room, "apples?", thread_root=first)
+    await carol.wait_for_reply(room, apples, crypto_bot.bot_id, timeout=30)
+    assert user_texts(openai_server.requests[-1].body) == ["first topic", "apples?"]
+
+    # 🔁 finds the answer's parts in the encrypted timeline and edits the answer in place.
+    openai_server.script(Behavior(reply="a better answer"))
+    await carol.react(room, answer.event_id, "🔁")
+
+    def regenerated() -> bool:
+        replies = carol.replies_to(room, first, crypto_bot.bot_id)
+        return bool(replies) and replies[0].final and replies[0].body == "a better answer"
+
+    await carol.wait_for(regenerated, 30, "the answer to be regenerated")
+    (reply,) = carol.replies_to(room, first, crypto_bot.bot_id)
+    assert reply.event_id == answer.event_id, "the same message, edited"
+    assert user_texts(openai_server.requests[-1].body) == ["first topic"]
+
+    # A wiped database: the thread's context comes back from the encrypted timeline.
+    await wipe_and_restart(crypto_bot, db_kind, request)
+    pears = await carol.send_text(room, "and pears?", thread_root=first)
+    await carol.wait_for_reply(room, pears, crypto_bot.bot_id, timeout=30)
+    assert user_texts(openai_server.requests[-1].body) == ["first topic", "apples?", "and pears?"]
+    assert not carol.undecrypted and not carol.crypto_errors
 
 
 async def test_a_sigkill_mid_reply_answers_everything_once_in_order(

@@ -248,3 +248,25 @@ async def test_a_room_whose_last_message_is_handled_is_not_read(
     # One /sync for the newest message of every room, and no room's timeline.
     assert len(world.fake.api.paths) == requests + 1
     assert not world.fake.api.paths[-1].endswith("/messages")
+
+
+@pytest.mark.parametrize("cursor", [True, False], ids=["cursor", "no-cursor"])
+async def test_a_message_recorded_live_does_not_hide_older_ones_sent_while_down(
+    world: World, monkeypatch: pytest.MonkeyPatch, cursor: bool
+) -> None:
+    """The first /syncs after a start can bring a message before the catch-up runs: it is
+    recorded as still to answer, and the walk still goes back to the cursor, past it."""
+    backend = await prepare(world, monkeypatch)
+    if cursor:
+        old = world.fake.message(ROOM, "answered long ago", age=HOUR)
+        answer_to(world, old, "re: answered long ago", age=HOUR - 1)
+        await world.store.rooms.set_cursor(ROOM, old.event_id, old.timestamp)
+    world.parts.queues.hold_all()
+    world.fake.message(ROOM, "first", age=30)
+    await world.say(ROOM, "second", age=20)
+    await world.parts.intake.delivery.drain()
+    world.fake.message(ROOM, "third", age=10)
+
+    await catch_up(world)
+
+    assert backend.texts == ["first", "second", "third"]
