@@ -14,11 +14,14 @@ from .commands.context import ContextCommands
 from .commands.memory import MemoryCommands
 from .commands.rooms import RoomCommands
 from .commands.router import CommandRouter
+from .commands.voice import VoiceCommands
 from .conversation.agent_call import AgentCaller
 from .conversation.compaction import Compaction
 from .conversation.context import ContextManager
 from .conversation.delivery import Delivery
 from .conversation.intake import Intake
+from .conversation.media_in import MediaIn
+from .conversation.media_out import MediaOut
 from .conversation.pipeline import ShowChain
 from .conversation.queues import RoomQueues
 from .conversation.quota import Quota
@@ -31,6 +34,8 @@ from .matrix.creation import RoomCreator
 from .matrix.links import SpaceLinks
 from .matrix.outbox import Outbox, Transport
 from .matrix.record import MatrixRecord
+from .media.speech import Speech
+from .media.transfer import Downloads
 from .ops.metrics import Metrics
 from .ops.settings import Settings
 from .spaces.bindings import Bindings
@@ -82,15 +87,19 @@ def build(
     dispatch_log = log.getChild("dispatch")
     delivery = Delivery(GroupCommit(store, dispatch_log), dispatch_log)
     compaction = Compaction(store, context, caller, outbox, metrics, settings, dispatch_log)
+    speech = Speech(http)
+    media_in = MediaIn(Downloads(client, dispatch_log), speech, outbox, settings, dispatch_log)
+    media_out = MediaOut(media_in, caller, speech, outbox, metrics, dispatch_log)
     turns = TurnRunner(
         store,
         context,
         quota,
-        caller,
         refusals,
         delivery,
         compaction,
         ShowChain(),
+        media_in,
+        media_out,
         outbox,
         metrics,
         settings,
@@ -107,6 +116,7 @@ def build(
     RoomCommands(onboarding, rooms).register(router)
     ContextCommands(context, intake).register(router)
     MemoryCommands(store).register(router)
+    VoiceCommands(bindings).register(router)
     AdminCommands(lambda: startup.last_report, startup.reconcile).register(router)
     return Parts(
         store,

@@ -7,30 +7,37 @@ from typing import Any
 
 import aiohttp
 
-from .base import AgentRequest, BackendBadResponse, answer_deltas, post_json
+from .base import AgentRequest, BackendBadResponse, Delta, answer_deltas, post_json
+from .content import chat_message
+from .files import Blobs
 
 
 class OpenAIBackend:
     def __init__(self, http: aiohttp.ClientSession) -> None:
         self.http = http
 
-    async def reply(self, request: AgentRequest) -> AsyncIterator[str]:
+    async def reply(self, request: AgentRequest) -> AsyncIterator[Delta]:
         agent = request.agent
         headers = {"Authorization": f"Bearer {agent.api_key}"} if agent.api_key else {}
-        body: dict[str, Any] = {"messages": messages(request), "stream": agent.stream}
+        blobs = Blobs()
+        body: dict[str, Any] = {"messages": messages(request, blobs), "stream": agent.stream}
         if agent.model:
             body["model"] = agent.model
-        resp = await post_json(self.http, f"{agent.base_url}/chat/completions", body, headers)
+        url = f"{agent.base_url}/chat/completions"
+        resp = await post_json(self.http, url, body, headers, blobs)
         async for delta in answer_deltas(resp, _delta, _whole):
             yield delta
 
 
-def messages(request: AgentRequest) -> list[dict[str, str]]:
-    result = []
+def messages(request: AgentRequest, blobs: Blobs | None = None) -> list[dict[str, Any]]:
+    """The conversation; a user turn with files sent along is a list of content parts."""
+    blobs = blobs if blobs is not None else Blobs()
+    result: list[dict[str, Any]] = []
     if request.system_prompt:
         result.append({"role": "system", "content": request.system_prompt})
-    result.extend({"role": t.role, "content": t.content} for t in request.history)
-    result.append({"role": "user", "content": request.text})
+    for turn in request.history:
+        result.append(chat_message(turn.role, turn.content, turn.attachments, blobs))
+    result.append(chat_message("user", request.text, request.attachments, blobs))
     return result
 
 

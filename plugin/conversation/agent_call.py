@@ -12,6 +12,7 @@ import aiohttp
 
 from ..agents import backend_for
 from ..agents.base import AgentRequest, BackendBadResponse, BackendDisconnected, BackendTimeout
+from ..agents.files import OutFile
 from ..ops.metrics import Metrics
 from ..ops.settings import AgentSettings, Settings
 from .stream import ReplyStream
@@ -37,6 +38,10 @@ class Limiter:
             self._changed.notify()
 
 
+# The most files one answer may carry.
+MAX_ANSWER_FILES = 4
+
+
 def cut_note(limit: int) -> str:
     return f"\n\n(The answer was cut here: it was longer than {limit} characters.)"
 
@@ -60,11 +65,14 @@ class AgentCaller:
         request: AgentRequest,
         settings: Settings,
         stream: ReplyStream | None,
+        files: list[OutFile] | None = None,
     ) -> str:
-        """Runs one agent call and returns the whole text. Raises BackendError for the agent's
-        failures; a Matrix error of the stream comes through as it is."""
+        """Runs one agent call and returns the whole text; the files the agent answers with go
+        to `files` (left out without it). Raises BackendError for the agent's failures; a Matrix
+        error of the stream comes through as it is."""
         parts: list[str] = []
         limit = settings.answer_chars
+        received: list[OutFile] = [] if files is None else files
 
         def take(delta: str) -> None:
             parts.append(delta)
@@ -76,6 +84,11 @@ class AgentCaller:
             try:
                 async with aclosing(backend_for(agent, self.http).reply(request)) as deltas:
                     async for delta in deltas:
+                        if isinstance(delta, OutFile):
+                            if len(received) >= MAX_ANSWER_FILES:
+                                raise BackendBadResponse(f"more than {MAX_ANSWER_FILES} files")
+                            received.append(delta)
+                            continue
                         if size + len(delta) > limit:
                             take(delta[: limit - size])
                             return True
@@ -92,7 +105,7 @@ class AgentCaller:
                 cut = await asyncio.wait_for(consume(), settings.timeout)
             except asyncio.TimeoutError as e:
                 raise BackendTimeout(settings.timeout) from e
-        if not "".join(parts).strip():
+        if not "".join(parts).strip() and not received:
             raise BackendBadResponse("the reply was empty")
         if cut:
             take(cut_note(limit))

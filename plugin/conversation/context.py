@@ -12,6 +12,7 @@ from ..agents.base import AgentRequest, Turn
 from ..db import Store
 from ..db.rows import RoomRow, TurnRow
 from ..matrix.binding import deterministic_chat_id, new_chat_id
+from ..media import refs
 from ..ops.settings import AgentSettings
 from ..spaces.bindings import Bindings
 
@@ -100,7 +101,16 @@ class ContextManager:
         # Answers still being shown and written down belong to the context already.
         pending = pending or []
         earlier += [
-            TurnRow(UNSTORED - len(pending) + n, room.room_id, None, t.role, t.content, True, 0)
+            TurnRow(
+                UNSTORED - len(pending) + n,
+                room.room_id,
+                None,
+                t.role,
+                t.content,
+                True,
+                0,
+                refs.to_json(t.attachments),
+            )
             for n, t in enumerate(pending)
         ]
         # The current message's turn is written with its answer, after the agent's reply.
@@ -119,7 +129,9 @@ class ContextManager:
             text=current.content,
             system_prompt=system,
             memory=tuple(memory),
-            history=tuple(Turn(t.role, t.content) for t in kept[:-1]),
+            history=tuple(
+                Turn(t.role, t.content, refs.from_json(t.attachments)) for t in kept[:-1]
+            ),
             context_tokens=tokens,
         )
 

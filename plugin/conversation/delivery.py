@@ -19,6 +19,7 @@ from mautrix.types import MessageEvent
 from ..db import Store
 from ..db.batch import GroupCommit
 from ..db.rows import ANSWERED, ANSWERING, RECEIVED, RoomRow, now_ms
+from ..media.refs import to_json
 from .context import ASSISTANT
 from .queues import MESSAGE, Job
 from .quota import today
@@ -48,20 +49,29 @@ class Delivery:
         self._background(self.batch.add(write))
 
     async def answered(
-        self, job: Job, room: RoomRow, answer: str, newest_event: str, tokens: int
+        self,
+        job: Job,
+        room: RoomRow,
+        answer: str,
+        newest_event: str,
+        tokens: int,
+        answer_files: str = "",
     ) -> None:
         """The agent's answer is in Matrix: the exchange enters the context, the message is
-        answered, and the room's cursor is the answer."""
+        answered, and the room's cursor is the answer. `answer_files` are the references of
+        the files the answer posted."""
         event_id = job.event.event_id
+        files = to_json(job.attachments)
 
         async def write(tx: Store) -> None:
             if job.kind == MESSAGE:
-                await tx.turns.add_user_turn(room.room_id, event_id, job.text, True)
+                await tx.turns.add_user_turn(room.room_id, event_id, job.text, True, files)
                 await tx.messages.set_state(event_id, ANSWERED)
                 await tx.rooms.set_cursor(room.room_id, newest_event, now_ms())
             elif job.turn_id is not None:
                 await tx.turns.set_answered(job.turn_id, True)
-            await tx.turns.add_answered(room.room_id, [(None, ASSISTANT, answer)])
+                await tx.turns.set_content(job.turn_id, job.text, files)
+            await tx.turns.add_answered(room.room_id, [(None, ASSISTANT, answer, answer_files)])
             await tx.usage.add(room.owner, today(), 1, tokens)
 
         await self.batch.write(write)
@@ -73,7 +83,8 @@ class Delivery:
 
         async def write(tx: Store) -> None:
             if job.kind == MESSAGE:
-                await tx.turns.add_user_turn(room.room_id, event_id, job.text, False)
+                files = to_json(job.attachments)
+                await tx.turns.add_user_turn(room.room_id, event_id, job.text, False, files)
                 await tx.messages.set_state(event_id, ANSWERED)
 
         await self.batch.write(write)

@@ -18,6 +18,7 @@ from ..db import Store
 from ..db.rows import ACTIVE, RoomRow
 from ..errors import UsageError
 from ..matrix.replies import ReplyTarget, message_text
+from ..media import refs
 from ..ops import access
 from ..ops.locks import KeyedLocks
 from ..ops.metrics import Metrics
@@ -36,15 +37,20 @@ def is_command(body: str, settings: Settings) -> bool:
 
 
 def is_agent_message(evt: MessageEvent, room: RoomRow, settings: Settings) -> bool:
-    """A text message for the room's agent: from its owner or an admin, no command, no edit.
+    """A message for the room's agent: text or a file, from its owner or an admin, no command,
+    no edit.
 
     The live handler and the startup catch-up both decide with this, so they agree. Whether the
     owner may still use the bot is decided when it is answered (`TurnRunner`).
     """
     content = evt.content
-    if content.msgtype != MessageType.TEXT or content.get_edit():
+    if refs.carries_file(evt):
+        # An image, a file, a voice message or a sticker (see `media_in`); never a command.
+        if content.get_edit():
+            return False
+    elif content.msgtype != MessageType.TEXT or content.get_edit():
         return False
-    if is_command(content.body or "", settings):
+    elif is_command(content.body or "", settings):
         return False
     return room.state == ACTIVE and access.may_act_in_room(settings, room.owner, evt.sender)
 
@@ -54,14 +60,16 @@ def job_of(
     over_quota: bool = False,
     resume: list[str] | None = None,
 ) -> Job:
+    text, attachments = refs.media_of(evt) if refs.carries_file(evt) else (message_text(evt), [])
     return Job(
         MESSAGE,
         evt.room_id,
         evt,
         evt.sender,
-        message_text(evt),
+        text,
         over_quota=over_quota,
         resume=resume or [],
+        attachments=attachments,
     )
 
 
@@ -96,7 +104,7 @@ class Intake:
         self._caught_up.add(room_id)
 
     async def on_message(self, evt: MessageEvent) -> None:
-        """The live handler: records and queues the owner's text messages in working rooms."""
+        """The live handler: records and queues the owner's messages in working rooms."""
         if evt.sender == self.bot_id:
             return
         # The room's lock comes first, so that messages keep their arrival order.

@@ -15,6 +15,8 @@ from typing import Protocol
 from attrs import define, field
 from mautrix.types import MessageEvent
 
+from ..agents.files import Attachment
+
 MESSAGE = "message"
 # Messages remembered as claimed in this run; the oldest are forgotten first (by then they are
 # answered, and their delivery state says so).
@@ -37,6 +39,8 @@ class Job:
     over_quota: bool = False
     # The parts of an interrupted reply to this message, to edit into the complete answer.
     resume: list[str] = field(factory=list)
+    # The message's files (references; see `conversation.media_in`).
+    attachments: list[Attachment] = field(factory=list)
 
 
 class Runner(Protocol):

@@ -20,13 +20,15 @@ from ..db import Store
 from ..db.rows import ACTIVE, RoomRow
 from ..matrix.outbox import Outbox
 from ..matrix.replies import ReplyTarget
+from ..media import refs
 from ..ops import access
 from ..ops.metrics import Metrics
-from ..ops.settings import Settings
-from .agent_call import AgentCaller
+from ..ops.settings import AgentSettings, Settings
 from .compaction import Compaction, agent_failed
 from .context import ASSISTANT, USER, ContextManager, estimate_tokens
 from .delivery import Delivery
+from .media_in import MediaIn, MediaProblem
+from .media_out import Answer, MediaOut
 from .pipeline import ShowChain
 from .queues import COMPACT, MESSAGE, RETRY, Job
 from .quota import Quota
@@ -38,16 +40,27 @@ from .stream import ReplyStream
 MATRIX_RETRY_WAITS = (2.0, 10.0)
 
 
+def failure_notice(
+    agent: AgentSettings, error: BackendError | MediaProblem, settings: Settings
+) -> str:
+    """Why the agent did not answer: it failed, or a file of the message could not go to it."""
+    kept = f"Your message is kept; send `!{settings.command_prefix} retry` to try again."
+    if isinstance(error, BackendError):
+        return f"⚠️ {agent.name} failed: {error.describe()}. {kept}"
+    return f"⚠️ {error} {kept}"
+
+
 @define(eq=False)
 class TurnRunner:
     store: Store
     context: ContextManager
     quota: Quota
-    caller: AgentCaller
     refusals: Refusals
     delivery: Delivery
     compaction: Compaction
     chain: ShowChain
+    media_in: MediaIn
+    media_out: MediaOut
     outbox: Outbox
     metrics: Metrics
     settings: Callable[[], Settings]
@@ -156,6 +169,7 @@ class TurnRunner:
                 await tx.turns.delete_after(room.room_id, turn.id)
                 await tx.turns.set_answered(turn.id, False)
         job.text = turn.content
+        job.attachments = list(refs.from_json(turn.attachments))
         target = ReplyTarget.of(job.event, turn.event_id or job.event.event_id)
         await self._answer(job, room, target, settings, turn.event_id or "")
 
@@ -175,27 +189,27 @@ class TurnRunner:
             await self.chain.settle(job.room_id)
             await self._not_answered(job, room, target, settings)
             return
-        request = await self.context.request_for(
-            room,
-            agent,
-            job.sender,
-            job.text,
-            job.event.event_id if event_id is None else event_id,
-            before=job.turn_id,
-            pending=self.chain.pending_turns(job.room_id),
-        )
         stream = ReplyStream(
             self.outbox, target, settings, resume=job.resume, after=self.chain.last(job.room_id)
         )
         stream.start()
         try:
-            text = await self.caller.call(agent, request, settings, stream)
-        except BackendError as e:
-            agent_failed(self.metrics, self.log, agent, room.room_id, e)
-            notice = (
-                f"⚠️ {agent.name} failed: {e.describe()}. Your message is kept; "
-                f"send `!{settings.command_prefix} retry` to try again."
+            # The message's files become text or go along (`media_in`, `media_out`).
+            await self.media_in.prepare(job, agent, settings, target, self.chain.last(job.room_id))
+            request = await self.context.request_for(
+                room,
+                agent,
+                job.sender,
+                job.text,
+                job.event.event_id if event_id is None else event_id,
+                before=job.turn_id,
+                pending=self.chain.pending_turns(job.room_id),
             )
+            answer = await self.media_out.answer(job, agent, request, room, settings, stream)
+        except (BackendError, MediaProblem) as e:
+            if isinstance(e, BackendError):
+                agent_failed(self.metrics, self.log, agent, room.room_id, e)
+            notice = failure_notice(agent, e, settings)
             self.chain.then(job.room_id, partial(self._show_failure, job, room, stream, notice), [])
             return
         except BaseException:
@@ -203,18 +217,21 @@ class TurnRunner:
             job.resume = stream.part_ids()
             await stream.close()
             raise
-        tokens = request.context_tokens + estimate_tokens(text)
-        exchange = [Turn(USER, job.text), Turn(ASSISTANT, text)]
-        show = partial(self._show_answer, job, room, stream, text, tokens)
+        tokens = answer.tokens + estimate_tokens(answer.text)
+        exchange = [Turn(USER, job.text, tuple(job.attachments)), Turn(ASSISTANT, answer.text)]
+        show = partial(self._show_answer, job, room, stream, answer, tokens)
         self.chain.then(job.room_id, show, exchange)
 
     async def _show_answer(
-        self, job: Job, room: RoomRow, stream: ReplyStream, text: str, tokens: int
+        self, job: Job, room: RoomRow, stream: ReplyStream, answer: Answer, tokens: int
     ) -> None:
-        """The answer's last edit, then the answer written down, after the room's previous
-        answer; Matrix failures are waited out, and past that, the next start answers it."""
-        if await self._matrix_retried(job, stream.finish):
-            await self.delivery.answered(job, room, text, stream.part_ids()[-1], tokens)
+        """The answer's files and last edit, then the answer written down, after the room's
+        previous answer; Matrix failures are waited out, and past that, the next start answers
+        it."""
+        if await self._matrix_retried(job, partial(self.media_out.show, job, stream, answer)):
+            await self.delivery.answered(
+                job, room, answer.text, answer.newest, tokens, answer.file_refs()
+            )
 
     async def _show_failure(
         self, job: Job, room: RoomRow, stream: ReplyStream, notice: str

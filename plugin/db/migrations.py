@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from mautrix.util.async_db import Connection, Scheme, UpgradeTable
 
-LATEST_VERSION = 3
+LATEST_VERSION = 4
 
 upgrade_table = UpgradeTable()
 
@@ -52,6 +52,7 @@ async def upgrade_latest(conn: Connection, scheme: Scheme) -> None:
     await conn.execute("CREATE INDEX room_owner_idx ON room (owner)")
     await _create_local_tables(conn, scheme)
     await _create_v3_tables(conn, scheme)
+    await _add_media_columns(conn)
 
 
 async def _create_local_tables(conn: Connection, scheme: Scheme) -> None:
@@ -135,3 +136,15 @@ async def upgrade_v3(conn: Connection, scheme: Scheme) -> None:
     await conn.execute(
         "ALTER TABLE agent_user ADD COLUMN access_notice BOOLEAN NOT NULL DEFAULT false"
     )
+
+
+async def _add_media_columns(conn: Connection) -> None:
+    # The files of each context turn, as references (kind, mimetype, name, mxc, size), and the
+    # room's voice answers (a binding field).
+    await conn.execute("ALTER TABLE context_turn ADD COLUMN attachments TEXT NOT NULL DEFAULT ''")
+    await conn.execute("ALTER TABLE room ADD COLUMN voice BOOLEAN NOT NULL DEFAULT false")
+
+
+@upgrade_table.register(description="Attachments in the context; voice answers")
+async def upgrade_v4(conn: Connection) -> None:
+    await _add_media_columns(conn)

@@ -67,6 +67,7 @@ class RoomRow(Row):
     created_at: int
     # When the plugin last changed the row: a reconciliation that read Matrix before then keeps it.
     updated_at: int = 0
+    voice: bool = False
 
     @property
     def binding(self) -> Binding:
@@ -140,6 +141,8 @@ class TurnRow(Row):
     content: str
     answered: bool
     created_at: int
+    # The turn's files as references (JSON, see `media.refs`); never their bytes.
+    attachments: str = ""
 
 
 @define

@@ -60,6 +60,8 @@ _USER_UPSERT_UNCHANGED = (
 )
 _MESSAGE_COLUMNS = MessageRow.columns()
 USER_ROLE = "user"
+# A turn to add: (event id, role, content), or with its attachments (JSON) as a fourth item.
+NewTurn = tuple[str | None, str, str] | tuple[str | None, str, str, str]
 
 
 class UserTable:
@@ -218,14 +220,17 @@ class TurnTable:
         )
         return TurnRow.from_row(row)
 
-    async def add_answered(
-        self, room_id: str, turns: Iterable[tuple[str | None, str, str]]
-    ) -> None:
-        """Adds answered turns: (event id, role, content) each."""
-        records = [(room_id, ev, role, text, True, now_ms()) for ev, role, text in turns]
+    async def add_answered(self, room_id: str, turns: Iterable[NewTurn]) -> None:
+        """Adds answered turns: (event id, role, content), and the turn's attachments (JSON) as
+        a fourth item where it has any."""
+        records = [
+            (room_id, t[0], t[1], t[2], True, now_ms(), t[3] if len(t) > 3 else "")  # type: ignore[misc]
+            for t in turns
+        ]
         await self.db.executemany(
-            "INSERT INTO context_turn (room_id, event_id, role, content, answered, created_at) "
-            "VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO context_turn "
+            "(room_id, event_id, role, content, answered, created_at, attachments) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7)",
             records,
         )
 
@@ -254,20 +259,24 @@ class TurnTable:
         )
 
     async def add_user_turn(
-        self, room_id: str, event_id: str, content: str, answered: bool
+        self, room_id: str, event_id: str, content: str, answered: bool, attachments: str = ""
     ) -> None:
         """The turn of a user message, once: a message answered again after a restart may have
         one already, which then takes the new state."""
         await self.db.execute(
-            "UPDATE context_turn SET answered=$3 WHERE room_id=$1 AND event_id=$2 AND role=$4",
+            "UPDATE context_turn SET answered=$3, content=$5, attachments=$6 "
+            "WHERE room_id=$1 AND event_id=$2 AND role=$4",
             room_id,
             event_id,
             answered,
             USER_ROLE,
+            content,
+            attachments,
         )
         await self.db.execute(
-            "INSERT INTO context_turn (room_id, event_id, role, content, answered, created_at) "
-            "SELECT $1, $2, $5, $3, $4, $6 WHERE NOT EXISTS (SELECT 1 FROM context_turn "
+            "INSERT INTO context_turn "
+            "(room_id, event_id, role, content, answered, created_at, attachments) "
+            "SELECT $1, $2, $5, $3, $4, $6, $7 WHERE NOT EXISTS (SELECT 1 FROM context_turn "
             "WHERE room_id=$1 AND event_id=$2 AND role=$5)",
             room_id,
             event_id,
@@ -275,6 +284,16 @@ class TurnTable:
             answered,
             USER_ROLE,
             now_ms(),
+            attachments,
+        )
+
+    async def set_content(self, turn_id: int, content: str, attachments: str) -> None:
+        """A retried turn's text and files as they were sent (a transcript, say)."""
+        await self.db.execute(
+            "UPDATE context_turn SET content=$2, attachments=$3 WHERE id=$1",
+            turn_id,
+            content,
+            attachments,
         )
 
     async def set_answered(self, turn_id: int, answered: bool) -> None:

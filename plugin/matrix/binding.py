@@ -41,6 +41,8 @@ class Binding:
     chat_id: str | None
     context_start: str | None = None
     share_memory: bool = True
+    # Answers also arrive as voice messages (`!ai voice on`).
+    voice: bool = False
     version: int = SCHEMA_VERSION
 
     def to_content(self) -> dict[str, Any]:
@@ -64,6 +66,7 @@ class Binding:
             chat_id=chat_id if isinstance(chat_id, str) and chat_id else None,
             context_start=context_start if isinstance(context_start, str) else None,
             share_memory=content.get("share_memory") is not False,
+            voice=content.get("voice") is True,
             version=int(content.get("version") or SCHEMA_VERSION),
         )
 

@@ -10,7 +10,8 @@ from mautrix.api import Method, Path
 from mautrix.types import PaginationDirection
 
 PAGE_SIZE = 100
-_MESSAGES = json.dumps({"types": ["m.room.message"]})
+# Stickers are events of their own type, and go to the agent like images.
+_MESSAGES = json.dumps({"types": ["m.room.message", "m.sticker"]})
 
 
 async def walk_back(

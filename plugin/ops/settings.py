@@ -20,6 +20,32 @@ class AgentSettings:
     url: str = ""
     headers: dict[str, str] = field(factory=dict, repr=False)
     send_history: bool = False
+    # openai: the model sees images, reads PDFs. openai_image: the generated image's size.
+    vision: bool = False
+    pdf: bool = False
+    size: str = ""
+
+
+@frozen
+class SpeechEndpoint:
+    """An OpenAI-compatible audio endpoint (`speech.transcribe` or `speech.speak`)."""
+
+    base_url: str
+    api_key: str = field(repr=False)
+    model: str
+    # transcribe: the spoken language (empty: detected); speak: the voice.
+    language: str = ""
+    voice: str = ""
+
+
+@frozen
+class MediaSettings:
+    max_bytes: int = 10 * 1024 * 1024
+    images_in_context: int = 1
+    inline_text_chars: int = 50_000
+    # None: not set up.
+    transcribe: SpeechEndpoint | None = None
+    speak: SpeechEndpoint | None = None
 
 
 @frozen
@@ -48,3 +74,4 @@ class Settings:
     catch_up_max_age: float
     catch_up_max_per_room: int
     web_token: str = field(repr=False)
+    media: MediaSettings = MediaSettings()

@@ -57,6 +57,9 @@ def event_of(row: MessageRow) -> MessageEvent | None:
 
 
 def parse_event(raw: dict[str, Any]) -> MessageEvent | None:
+    if raw.get("type") == "m.sticker" and isinstance(raw.get("content"), dict):
+        # What mautrix does to a live sticker: a media message of type m.sticker.
+        raw = {**raw, "content": {**raw["content"], "msgtype": "m.sticker"}}
     try:
         return MessageEvent.deserialize(raw)
     except (SerializerError, KeyError, ValueError):

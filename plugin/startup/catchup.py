@@ -25,10 +25,12 @@ from ..conversation.queues import RoomQueues
 from ..conversation.quota import Quota
 from ..db import Store
 from ..db.rows import ANSWERED, RECEIVED, MessageRow, RoomRow, now_ms
+from ..db.tables import NewTurn
 from ..matrix.outbox import Outbox
 from ..matrix.replies import Timeline, resolve
 from ..matrix.sync import fresh_initial_sync
 from ..matrix.timeline import walk_back
+from ..media.refs import attachment_of, carries_file, media_of, to_json
 from ..ops.settings import Settings
 from .backlog import Backlog, candidates, parse_event, plan_backlog, skipped_notice
 
@@ -37,7 +39,7 @@ MAX_WALK = 1000
 CONCURRENCY = 4
 # Answered messages are forgotten after this long, or twice the catch-up's reach if longer.
 KEEP_ANSWERED_MS = 7 * 24 * 3600 * 1000
-_MESSAGE_TYPES = ["m.room.message", "m.room.encrypted"]
+_MESSAGE_TYPES = ["m.room.message", "m.room.encrypted", "m.sticker"]
 _LATEST_FILTER = {
     "room": {
         "timeline": {"limit": 1, "types": _MESSAGE_TYPES},
@@ -215,15 +217,19 @@ class CatchUp:
         messages that were answered, and their answers."""
         agent = settings.agents.get(room.agent_id)
         budget = (agent.max_context_tokens if agent else 8000) * 4
-        turns: list[tuple[str | None, str, str]] = []
+        turns: list[NewTurn] = []
         for evt in messages:
             if not timeline.answered(evt.event_id):
                 continue
-            turns.append((evt.event_id, USER, evt.content.body or ""))
+            # A file is kept as its reference: its bytes are in Matrix (see `media.refs`).
+            text, files = media_of(evt) if carries_file(evt) else (evt.content.body or "", [])
+            turns.append((evt.event_id, USER, text, to_json(files)))
             answer = timeline.answer_text(evt.event_id)
             if answer is not None:
-                turns.append((None, ASSISTANT, answer))
-        kept: list[tuple[str | None, str, str]] = []
+                replies = timeline.replies.get(evt.event_id) or []
+                posted = [a for r in replies if (a := attachment_of(r.content)) is not None]
+                turns.append((None, ASSISTANT, answer, to_json(posted)))
+        kept: list[NewTurn] = []
         size = 0
         for turn in reversed(turns):
             size += len(turn[2])

@@ -16,6 +16,7 @@ from tests.harness.flows import (
     Onboarded,
     bot_account_data,
     db_rows,
+    delete_plugin_database,
     onboard,
 )
 from tests.harness.matrix_user import MatrixUser
@@ -57,22 +58,6 @@ async def topology(bot: Deployment, db_kind: str, request: pytest.FixtureRequest
 def bot_client(bot: Deployment) -> MatrixUser:
     """Acts as the bot's own account, to change Matrix while the plugin is down."""
     return MatrixUser(bot.synapse.url, bot.bot_id, bot.bot_token)
-
-
-async def delete_plugin_database(
-    bot: Deployment, db_kind: str, request: pytest.FixtureRequest
-) -> None:
-    if db_kind == "postgres":
-        import psycopg2
-
-        conn = psycopg2.connect(request.getfixturevalue("postgres_url"))
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute(f'DROP SCHEMA "mbp_{bot.instance_id}" CASCADE')
-        conn.close()
-    else:
-        for path in bot.server.plugin_db_dir.glob(f"{bot.instance_id}.db*"):
-            path.unlink()
 
 
 async def setup(
@@ -282,9 +267,11 @@ async def test_legacy_rows_without_chat_id_are_backfilled_at_start(
 
 
 async def downgrade_to_v1(bot: Deployment, db_kind: str, request: pytest.FixtureRequest) -> None:
-    # Back to the version 1 schema: without chat ids, and without what versions 2 and 3 added.
+    # Back to the version 1 schema: without chat ids, and without what versions 2 to 4 added.
     statements = [
         "ALTER TABLE room DROP COLUMN chat_id",
+        "ALTER TABLE room DROP COLUMN voice",
+        "ALTER TABLE context_turn DROP COLUMN attachments",
         "ALTER TABLE room DROP COLUMN updated_at",
         "ALTER TABLE agent_user DROP COLUMN updated_at",
         "ALTER TABLE agent_user DROP COLUMN access_notice",

@@ -121,6 +121,7 @@ async def test_start_builds_the_space_as_the_user_sees_it(
             "chat_id": row["chat_id"],
             "context_start": None,
             "share_memory": True,
+            "voice": False,
             "version": 1,
         }
         assert row["chat_id"]

@@ -134,3 +134,20 @@ async def db_rows(
             engine.dispose()
 
     return await asyncio.to_thread(read)
+
+
+async def delete_plugin_database(
+    bot: Deployment, db_kind: str, request: pytest.FixtureRequest
+) -> None:
+    """Deletes the instance's own database (maubot stopped): a backup-less restore."""
+    if db_kind == "postgres":
+        import psycopg2
+
+        conn = psycopg2.connect(request.getfixturevalue("postgres_url"))
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(f'DROP SCHEMA "mbp_{bot.instance_id}" CASCADE')
+        conn.close()
+    else:
+        for path in bot.server.plugin_db_dir.glob(f"{bot.instance_id}.db*"):
+            path.unlink()
