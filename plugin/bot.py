@@ -112,6 +112,11 @@ class AgentSpacesBot(Plugin):
     async def on_reaction(self, evt: ReactionEvent) -> None:
         await self.parts.reactions.on_reaction(evt)
 
+    @event.on(EventType.STICKER)
+    async def on_sticker(self, evt: MessageEvent) -> None:
+        # A sticker is an image of its own event type (mautrix gives it the msgtype m.sticker).
+        await self.parts.intake.on_message(evt)
+
     @event.on(EventType.ROOM_NAME)
     async def on_room_name(self, evt: StateEvent) -> None:
         if evt.sender != self.client.mxid:

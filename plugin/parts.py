@@ -16,12 +16,15 @@ from .commands.rooms import RoomCommands
 from .commands.router import CommandRouter
 from .commands.sharing import SharingCommands
 from .commands.usage import UsageCommands
+from .commands.voice import VoiceCommands
 from .conversation.agent_call import AgentCaller
 from .conversation.compaction import Compaction
 from .conversation.context import ContextManager
 from .conversation.controls import RunningAnswers
 from .conversation.delivery import Delivery
 from .conversation.intake import Intake
+from .conversation.media_in import MediaIn
+from .conversation.media_out import MediaOut
 from .conversation.pipeline import ShowChain
 from .conversation.queues import RoomQueues
 from .conversation.quota import Quota
@@ -39,6 +42,8 @@ from .matrix.identity import AgentIdentity
 from .matrix.links import SpaceLinks
 from .matrix.outbox import Outbox, Transport
 from .matrix.record import MatrixRecord
+from .media.speech import Speech
+from .media.transfer import Downloads
 from .ops.metrics import Metrics
 from .ops.settings import Settings
 from .spaces.bindings import Bindings
@@ -98,16 +103,20 @@ def build(
     delivery = Delivery(batch, dispatch_log)
     compaction = Compaction(store, context, caller, outbox, metrics, settings, dispatch_log)
     running = RunningAnswers()
+    speech = Speech(http)
+    media_in = MediaIn(Downloads(client, dispatch_log), speech, outbox, settings, dispatch_log)
+    media_out = MediaOut(media_in, caller, speech, outbox, metrics, dispatch_log)
     turns = TurnRunner(
         store,
         context,
         quota,
-        caller,
         refusals,
         delivery,
         compaction,
         ShowChain(),
         running,
+        media_in,
+        media_out,
         outbox,
         metrics,
         settings,
@@ -146,6 +155,7 @@ def build(
         client, encryption, store, bindings, context, onboarding, outbox, settings, log
     ).register(router)
     UsageCommands(store).register(router)
+    VoiceCommands(bindings).register(router)
     AdminCommands(startup.reports, startup.reconcile).register(router)
     return Parts(
         store,

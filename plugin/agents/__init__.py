@@ -9,6 +9,7 @@ from .base import Backend
 from .echo import EchoBackend
 from .http import HttpBackend
 from .openai import OpenAIBackend
+from .openai_image import OpenAIImageBackend
 
 
 def backend_for(agent: AgentSettings, http: aiohttp.ClientSession) -> Backend:
@@ -16,6 +17,8 @@ def backend_for(agent: AgentSettings, http: aiohttp.ClientSession) -> Backend:
         return OpenAIBackend(http)
     if agent.backend == "http":
         return HttpBackend(http)
+    if agent.backend == "openai_image":
+        return OpenAIImageBackend(http)
     if agent.backend == "echo":
         return EchoBackend()
     # Config validation only lets the known backends through.

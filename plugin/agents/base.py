@@ -15,6 +15,7 @@ import aiohttp
 from attrs import field, frozen
 
 from ..ops.settings import AgentSettings
+from .files import Attachment, Blobs, OutFile
 
 # Backoff before each retry of a 5xx answer; its length is the number of retries.
 SERVER_ERROR_BACKOFF = (0.5, 1.5)
@@ -23,6 +24,8 @@ RATE_LIMIT_TRIES = 3
 # Wait after a 429 without Retry-After, and the most a Retry-After may make us wait.
 DEFAULT_RETRY_AFTER = 1.0
 MAX_RETRY_AFTER = 60.0
+# The longest line of an event stream when no file is expected in it.
+MAX_STREAM_LINE = 1024 * 1024
 
 
 @frozen
@@ -31,6 +34,8 @@ class Turn:
     content: str
     # Who wrote a user turn (a Matrix ID), so that a shared room's agent knows who said what.
     sender: str = ""
+    # The turn's files: references, with their bytes where they are sent again (`Attachment`).
+    attachments: tuple[Attachment, ...] = ()
 
 
 @frozen
@@ -59,6 +64,10 @@ def usage_of(payload: Any) -> Usage | None:
     return Usage(prompt, completion)
 
 
+# What a backend yields: text deltas, the files it answers with, and the usage it reports.
+Delta = str | OutFile | Usage
+
+
 @frozen
 class AgentRequest:
     """Everything one backend call needs. The agent settings hold secrets: never log this."""
@@ -78,12 +87,16 @@ class AgentRequest:
     context_tokens: int = 0
     # More than one person talks in the room: the messages carry their senders.
     shared: bool = False
+    # The message's files, with their bytes (see `conversation.media_in`).
+    attachments: tuple[Attachment, ...] = ()
+    # The largest file an agent may answer with (`attachments.max_bytes`).
+    max_file_bytes: int = 10 * 1024 * 1024
 
 
 class Backend(Protocol):
-    def reply(self, request: AgentRequest) -> AsyncIterator[str | Usage]:
-        """Yields the reply as text deltas: many when streaming, one otherwise; and the usage,
-        when the server reports it."""
+    def reply(self, request: AgentRequest) -> AsyncIterator[Delta]:
+        """Yields the reply as text deltas: many when streaming, one otherwise; the files the
+        agent answers with; and the usage, when the server reports it."""
         ...
 
 
@@ -161,19 +174,29 @@ def retry_after_seconds(resp: aiohttp.ClientResponse) -> float:
 
 
 async def post_json(
-    http: aiohttp.ClientSession, url: str, body: dict[str, Any], headers: dict[str, str]
+    http: aiohttp.ClientSession,
+    url: str,
+    body: dict[str, Any],
+    headers: dict[str, str],
+    blobs: Blobs | None = None,
 ) -> aiohttp.ClientResponse:
     """POSTs and returns a 2xx response, retrying 5xx with backoff and 429 after Retry-After.
 
     Only the opening of the request is retried: once a reply streams, a retry would repeat text.
-    The caller releases the response. The overall time limit is the dispatcher's.
+    The caller releases the response. The overall time limit is the dispatcher's. A body that
+    refers to `blobs` is streamed, their data as base64 (see `files.Blobs`).
     """
     server_retries = 0
     tries = 0
+    pieces, size = blobs.encode(body) if blobs else ([], 0)
     while True:
         tries += 1
         try:
-            resp = await http.post(url, json=body, headers=headers)
+            if blobs:
+                sized = {**headers, "Content-Type": "application/json", "Content-Length": str(size)}
+                resp = await http.post(url, data=blobs.stream(pieces), headers=sized)
+            else:
+                resp = await http.post(url, json=body, headers=headers)
         except aiohttp.ClientConnectorError as e:
             raise BackendRefused() from e
         except asyncio.TimeoutError as e:
@@ -201,9 +224,28 @@ def is_event_stream(resp: aiohttp.ClientResponse) -> bool:
     return resp.content_type == "text/event-stream"
 
 
-async def sse_payloads(resp: aiohttp.ClientResponse) -> AsyncIterator[Any]:
+async def stream_lines(resp: aiohttp.ClientResponse, max_line: int) -> AsyncIterator[bytes]:
+    """The lines of a response, each at most `max_line` bytes. aiohttp's own line reader stops
+    at 512 KiB, and a line of an event stream can carry a whole file as base64."""
+    buffer = bytearray()
+    async for chunk in resp.content.iter_any():
+        buffer += chunk
+        start = 0
+        while (end := buffer.find(b"\n", start)) >= 0:
+            yield bytes(buffer[start:end])
+            start = end + 1
+        del buffer[:start]
+        if len(buffer) > max_line:
+            raise BackendBadResponse("a stream line is too long")
+    if buffer:
+        yield bytes(buffer)
+
+
+async def sse_payloads(
+    resp: aiohttp.ClientResponse, max_line: int = MAX_STREAM_LINE
+) -> AsyncIterator[Any]:
     """The JSON payloads of a `text/event-stream` response's `data:` lines, until `[DONE]`."""
-    async for raw in resp.content:
+    async for raw in stream_lines(resp, max_line):
         line = raw.decode("utf-8", "replace").strip()
         if not line.startswith("data:"):
             continue
@@ -227,25 +269,28 @@ async def read_json(resp: aiohttp.ClientResponse) -> Any:
 
 async def answer_deltas(
     resp: aiohttp.ClientResponse,
-    stream_delta: Callable[[Any], str],
-    whole: Callable[[Any], str],
-) -> AsyncIterator[str | Usage]:
-    """The answer of a response as text deltas: a stream's payloads one by one, or a JSON answer
+    stream_delta: Callable[[Any], Delta | list[Delta]],
+    whole: Callable[[Any], Delta | list[Delta]],
+    max_line: int = MAX_STREAM_LINE,
+) -> AsyncIterator[Delta]:
+    """The answer of a response as deltas: a stream's payloads one by one, or a JSON answer
     whole, and its `usage` where the server reports one. Some servers ignore a request to
     stream: the content type says what came back."""
     try:
         if is_event_stream(resp):
-            async for payload in sse_payloads(resp):
+            async for payload in sse_payloads(resp, max_line):
                 usage = usage_of(payload)
-                delta = "" if usage is not None and not payload.get("choices") else None
-                delta = stream_delta(payload) if delta is None else delta
-                if delta:
-                    yield delta
+                # A usage-only chunk (OpenAI's last, with include_usage) has no choices.
+                if usage is None or payload.get("choices"):
+                    for delta in _listed(stream_delta(payload)):
+                        if delta:
+                            yield delta
                 if usage is not None:
                     yield usage
         else:
             answer = await read_json(resp)
-            yield whole(answer)
+            for delta in _listed(whole(answer)):
+                yield delta
             usage = usage_of(answer)
             if usage is not None:
                 yield usage
@@ -256,3 +301,7 @@ async def answer_deltas(
         raise
     finally:
         resp.release()
+
+
+def _listed(value: Delta | list[Delta]) -> list[Delta]:
+    return value if isinstance(value, list) else [value]

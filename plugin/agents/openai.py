@@ -8,7 +8,9 @@ from typing import Any
 
 import aiohttp
 
-from .base import AgentRequest, BackendBadResponse, Turn, Usage, answer_deltas, post_json
+from .base import AgentRequest, BackendBadResponse, Delta, Turn, answer_deltas, post_json
+from .content import chat_message
+from .files import Blobs
 
 # OpenAI's rule for a message's `name`.
 _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
@@ -18,31 +20,36 @@ class OpenAIBackend:
     def __init__(self, http: aiohttp.ClientSession) -> None:
         self.http = http
 
-    async def reply(self, request: AgentRequest) -> AsyncIterator[str | Usage]:
+    async def reply(self, request: AgentRequest) -> AsyncIterator[Delta]:
         agent = request.agent
         headers = {"Authorization": f"Bearer {agent.api_key}"} if agent.api_key else {}
-        body: dict[str, Any] = {"messages": messages(request), "stream": agent.stream}
+        blobs = Blobs()
+        body: dict[str, Any] = {"messages": messages(request, blobs), "stream": agent.stream}
         if agent.stream:
             # The real token counts come in a last chunk only when asked for.
             body["stream_options"] = {"include_usage": True}
         if agent.model:
             body["model"] = agent.model
-        resp = await post_json(self.http, f"{agent.base_url}/chat/completions", body, headers)
+        url = f"{agent.base_url}/chat/completions"
+        resp = await post_json(self.http, url, body, headers, blobs)
         async for delta in answer_deltas(resp, _delta, _whole):
             yield delta
 
 
-def messages(request: AgentRequest) -> list[dict[str, str]]:
-    result = []
+def messages(request: AgentRequest, blobs: Blobs | None = None) -> list[dict[str, Any]]:
+    """The conversation; a user turn with files sent along is a list of content parts."""
+    blobs = blobs if blobs is not None else Blobs()
+    result: list[dict[str, Any]] = []
     if request.system_prompt:
         result.append({"role": "system", "content": request.system_prompt})
-    result.extend(_message(request, t) for t in request.history)
-    result.append(_message(request, Turn("user", request.text, request.sender)))
+    result.extend(_message(request, turn, blobs) for turn in request.history)
+    asked = Turn("user", request.text, request.sender, request.attachments)
+    result.append(_message(request, asked, blobs))
     return result
 
 
-def _message(request: AgentRequest, turn: Turn) -> dict[str, str]:
-    message = {"role": turn.role, "content": turn.content}
+def _message(request: AgentRequest, turn: Turn, blobs: Blobs) -> dict[str, Any]:
+    message = chat_message(turn.role, turn.content, turn.attachments, blobs)
     if request.shared and turn.role == "user" and turn.sender:
         # In a shared room, who said what: OpenAI's `name` of each user message.
         message["name"] = sender_name(turn.sender)

@@ -18,6 +18,7 @@ from ..agents.base import (
     BackendTimeout,
     Usage,
 )
+from ..agents.files import OutFile
 from ..ops.metrics import Metrics
 from ..ops.settings import AgentSettings, Settings
 from .controls import CallControl
@@ -44,6 +45,10 @@ class Limiter:
             self._changed.notify()
 
 
+# The most files one answer may carry.
+MAX_ANSWER_FILES = 4
+
+
 def cut_note(limit: int) -> str:
     return f"\n\n(The answer was cut here: it was longer than {limit} characters.)"
 
@@ -68,14 +73,17 @@ class AgentCaller:
         settings: Settings,
         stream: ReplyStream | None,
         control: CallControl | None = None,
+        files: list[OutFile] | None = None,
     ) -> str:
-        """Runs one agent call and returns the whole text. Raises BackendError for the agent's
-        failures; a Matrix error of the stream comes through as it is. With a `control`, a stop
-        request ends the call early (its text so far is the answer), and the usage the server
-        reported is kept there."""
+        """Runs one agent call and returns the whole text; the files the agent answers with go
+        to `files` (left out without it). Raises BackendError for the agent's failures; a Matrix
+        error of the stream comes through as it is. With a `control`, a stop request ends the
+        call early (its text so far is the answer), and the usage the server reported is kept
+        there."""
         parts: list[str] = []
         limit = settings.answer_chars
         control = control or CallControl()
+        received: list[OutFile] = [] if files is None else files
 
         def take(delta: str) -> None:
             parts.append(delta)
@@ -89,6 +97,11 @@ class AgentCaller:
                     async for delta in deltas:
                         if isinstance(delta, Usage):
                             control.usage = delta
+                            continue
+                        if isinstance(delta, OutFile):
+                            if len(received) >= MAX_ANSWER_FILES:
+                                raise BackendBadResponse(f"more than {MAX_ANSWER_FILES} files")
+                            received.append(delta)
                             continue
                         if size + len(delta) > limit:
                             take(delta[: limit - size])
@@ -106,7 +119,7 @@ class AgentCaller:
                 cut = await asyncio.wait_for(_unless_stopped(consume(), control), settings.timeout)
             except asyncio.TimeoutError as e:
                 raise BackendTimeout(settings.timeout) from e
-        if not "".join(parts).strip() and not control.stopped:
+        if not "".join(parts).strip() and not received and not control.stopped:
             raise BackendBadResponse("the reply was empty")
         if cut:
             take(cut_note(limit))

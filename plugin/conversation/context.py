@@ -10,8 +10,9 @@ from attrs import define, frozen
 
 from ..agents.base import AgentRequest, Turn
 from ..db import Store
-from ..db.rows import RoomRow, TurnRow
+from ..db.rows import NewTurn, RoomRow, TurnRow
 from ..matrix.binding import deterministic_chat_id, new_chat_id
+from ..media import refs
 from ..ops.settings import AgentSettings
 from ..spaces.bindings import Bindings
 from .threads import ThreadRoots, thread_chat_id, with_start
@@ -123,7 +124,16 @@ class ContextManager:
         # Answers still being shown and written down belong to the context already.
         pending = pending or []
         earlier += [
-            TurnRow(UNSTORED - len(pending) + n, room.room_id, None, t.role, t.content, True, 0)
+            TurnRow(
+                UNSTORED - len(pending) + n,
+                room.room_id,
+                None,
+                t.role,
+                t.content,
+                True,
+                0,
+                refs.to_json(t.attachments),
+            )
             for n, t in enumerate(pending)
         ]
         for row, turn in zip(earlier[len(earlier) - len(pending) :], pending, strict=True):
@@ -144,7 +154,9 @@ class ContextManager:
             text=current.content,
             system_prompt=system,
             memory=tuple(memory),
-            history=tuple(Turn(t.role, t.content, t.sender) for t in kept[:-1]),
+            history=tuple(
+                Turn(t.role, t.content, t.sender, refs.from_json(t.attachments)) for t in kept[:-1]
+            ),
             context_tokens=tokens,
             shared=bool(room.collaborators),
         )
@@ -181,7 +193,7 @@ class ContextManager:
                 await tx.turns.clear(room.room_id)
             if summary:
                 await tx.turns.add_answered(
-                    room.room_id, [(None, SUMMARY, SUMMARY_PREFIX + summary)], thread
+                    room.room_id, [NewTurn(None, SUMMARY, SUMMARY_PREFIX + summary)], thread
                 )
 
         if thread:

@@ -18,7 +18,8 @@ from mautrix.types import MessageEvent
 
 from ..db import Store
 from ..db.batch import GroupCommit
-from ..db.rows import ANSWERED, ANSWERING, RECEIVED, RoomRow, TurnRow, now_ms
+from ..db.rows import ANSWERED, ANSWERING, RECEIVED, NewTurn, RoomRow, TurnRow, now_ms
+from ..media.refs import to_json
 from .context import ASSISTANT, USER
 from .queues import MESSAGE, NOTE, REGENERATE, Job
 from .quota import today
@@ -48,11 +49,19 @@ class Delivery:
         self._background(self.batch.add(write))
 
     async def answered(
-        self, job: Job, room: RoomRow, answer: str, newest_event: str, tokens: int
+        self,
+        job: Job,
+        room: RoomRow,
+        answer: str,
+        newest_event: str,
+        tokens: int,
+        answer_files: str = "",
     ) -> None:
         """The agent's answer is in Matrix: the exchange enters the context, the message is
-        answered, and the room's cursor is the answer."""
+        answered, and the room's cursor is the answer. `answer_files` are the references of
+        the files the answer posted."""
         event_id = job.event.event_id
+        files = to_json(job.attachments)
 
         async def write(tx: Store) -> None:
             if job.kind == MESSAGE and job.resume:
@@ -61,18 +70,21 @@ class Delivery:
                 job.answer_turn = turns[1].id if turns is not None else None
             if job.kind == MESSAGE:
                 await tx.turns.add_user_turn(
-                    room.room_id, event_id, job.text, True, job.thread, job.sender
+                    room.room_id, event_id, job.text, True, job.thread, job.sender, files
                 )
                 await tx.messages.set_state(event_id, ANSWERED)
                 await tx.rooms.set_cursor(room.room_id, newest_event, now_ms())
             elif job.turn_id is not None:
                 await tx.turns.set_answered(job.turn_id, True)
+                # A retry's or regeneration's text and files, as they were sent this time.
+                await tx.turns.set_content(job.turn_id, job.text, files)
             if job.answer_turn is not None:
                 # The answer was edited in place: its turn takes the new text.
-                await tx.turns.set_content(job.answer_turn, answer)
+                await tx.turns.set_content(job.answer_turn, answer, answer_files)
                 await tx.messages.set_state(job.reply_to or event_id, ANSWERED)
             else:
-                await tx.turns.add_answered(room.room_id, [(None, ASSISTANT, answer)], job.thread)
+                turn = NewTurn(None, ASSISTANT, answer, files=answer_files)
+                await tx.turns.add_answered(room.room_id, [turn], job.thread)
             # Usage is the sender's: in a shared room, whoever called the agent.
             await tx.usage.add(job.sender, today(), 1, tokens)
             await tx.agent_usage.add(job.sender, room.agent_id, today(), 1, tokens)
@@ -83,9 +95,10 @@ class Delivery:
         """A shared room's message that did not call the agent joins its conversation."""
         if job.kind != NOTE:
             return
+        files = to_json(job.attachments)
 
         async def write(tx: Store) -> None:
-            turn = (job.event.event_id, USER, job.text, job.sender)
+            turn = NewTurn(job.event.event_id, USER, job.text, job.sender, files)
             await tx.turns.add_answered(room.room_id, [turn], job.thread)
 
         await self.batch.write(write)
@@ -97,8 +110,9 @@ class Delivery:
 
         async def write(tx: Store) -> None:
             if job.kind == MESSAGE:
+                files = to_json(job.attachments)
                 await tx.turns.add_user_turn(
-                    room.room_id, event_id, job.text, False, job.thread, job.sender
+                    room.room_id, event_id, job.text, False, job.thread, job.sender, files
                 )
                 await tx.messages.set_state(event_id, ANSWERED)
             elif job.kind == REGENERATE:

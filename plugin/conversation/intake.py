@@ -19,6 +19,7 @@ from ..db import Store
 from ..db.rows import ACTIVE, RoomRow
 from ..errors import UsageError
 from ..matrix.replies import ReplyTarget, message_text
+from ..media import refs
 from ..ops.locks import KeyedLocks
 from ..ops.metrics import Metrics
 from ..ops.settings import Settings
@@ -38,16 +39,20 @@ def is_command(body: str, settings: Settings) -> bool:
 
 
 def is_agent_message(evt: MessageEvent, room: RoomRow, settings: Settings) -> bool:
-    """A text message for the room's conversation: from its owner, an admin or a collaborator
-    (`group.may_talk`), no command, no edit.
+    """A message for the room's conversation: text or a file, from its owner, an admin or a
+    collaborator (`group.may_talk`), no command, no edit.
 
     The live handler and the startup catch-up both decide with this, so they agree. Whether the
     owner may still use the bot is decided when it is answered (`TurnRunner`).
     """
     content = evt.content
-    if content.msgtype != MessageType.TEXT or content.get_edit():
+    if refs.carries_file(evt):
+        # An image, a file, a voice message or a sticker (see `media_in`); never a command.
+        if content.get_edit():
+            return False
+    elif content.msgtype != MessageType.TEXT or content.get_edit():
         return False
-    if is_command(content.body or "", settings):
+    elif is_command(content.body or "", settings):
         return False
     return room.state == ACTIVE and may_talk(settings, room, evt.sender)
 
@@ -59,15 +64,17 @@ def job_of(
     thread: str = "",
     kind: str = MESSAGE,
 ) -> Job:
+    text, attachments = refs.media_of(evt) if refs.carries_file(evt) else (message_text(evt), [])
     return Job(
         kind,
         evt.room_id,
         evt,
         evt.sender,
-        message_text(evt),
+        text,
         over_quota=over_quota,
         resume=resume or [],
         thread=thread,
+        attachments=attachments,
     )
 
 
@@ -102,7 +109,7 @@ class Intake:
         self._caught_up.add(room_id)
 
     async def on_message(self, evt: MessageEvent) -> None:
-        """The live handler: records and queues the owner's text messages in working rooms."""
+        """The live handler: records and queues the owner's messages in working rooms."""
         if evt.sender == self.bot_id:
             return
         # The room's lock comes first, so that messages keep their arrival order.

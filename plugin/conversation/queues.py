@@ -17,6 +17,8 @@ from typing import Protocol
 from attrs import define, field
 from mautrix.types import MessageEvent
 
+from ..agents.files import Attachment
+
 MESSAGE = "message"
 # Messages remembered as claimed in this run; the oldest are forgotten first (by then they are
 # answered, and their delivery state says so).
@@ -50,6 +52,8 @@ class Job:
     # A regeneration: the user message whose answer it replaces, and that answer's turn.
     reply_to: str = ""
     answer_turn: int | None = None
+    # The message's files (references; see `conversation.media_in`).
+    attachments: list[Attachment] = field(factory=list)
 
     @property
     def key(self) -> Key:

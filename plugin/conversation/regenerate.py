@@ -14,6 +14,7 @@ from ..matrix.encryption import Encryption
 from ..matrix.events import read_event
 from ..matrix.replies import reply_target, resolve
 from ..matrix.timeline import walk_back
+from ..media import refs
 from ..startup.backlog import parse_event
 from .delivery import answered_turns
 from .queues import REGENERATE, Job
@@ -63,6 +64,7 @@ async def regeneration(
         turn.sender or evt.sender,
         turn.content,
         turn_id=turn.id,
+        attachments=list(refs.from_json(turn.attachments)),
         resume=parts,
         thread=turn.thread_root,
         reply_to=message_id,

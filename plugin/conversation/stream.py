@@ -105,6 +105,13 @@ class ReplyStream:
         await self._show_all(final=True, failed=True)
         await self._redact_unused()
 
+    async def discard(self) -> None:
+        """The answer has no text (only files): what an interrupted try showed is redacted."""
+        await self._stop_flusher()
+        await self._wait_for_previous()
+        self._reuse += [part.event_id for part in self.parts if part.event_id]
+        await self._redact_unused()
+
     async def close(self) -> None:
         """Stops the flusher without showing more (the answer is abandoned)."""
         await self._stop_flusher()

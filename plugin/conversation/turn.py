@@ -16,19 +16,21 @@ from logging import Logger
 from attrs import define
 from mautrix.errors import MatrixError
 
-from ..agents.base import AgentRequest, BackendError, Turn
+from ..agents.base import BackendError, Turn
 from ..db import Store
 from ..db.rows import ACTIVE, RoomRow
 from ..matrix.outbox import Outbox
 from ..matrix.replies import ReplyTarget
+from ..media import refs
 from ..ops import access
 from ..ops.metrics import Metrics
-from ..ops.settings import Settings
-from .agent_call import AgentCaller
+from ..ops.settings import AgentSettings, Settings
 from .compaction import Compaction, agent_failed
 from .context import ASSISTANT, USER, ContextManager, estimate_tokens
 from .controls import STOPPED_NOTE, CallControl, RunningAnswers
 from .delivery import Delivery
+from .media_in import MediaIn, MediaProblem
+from .media_out import Answer, MediaOut
 from .pipeline import ShowChain
 from .queues import COMPACT, MESSAGE, NOTE, REGENERATE, RETRY, Job
 from .quota import Quota
@@ -40,11 +42,21 @@ from .stream import ReplyStream
 MATRIX_RETRY_WAITS = (2.0, 10.0)
 
 
-def used_tokens(control: CallControl, request: AgentRequest, text: str) -> int:
+def used_tokens(control: CallControl, request_tokens: int, text: str) -> int:
     """The server's own count where it gave one; estimated otherwise."""
     if control.usage is not None:
         return control.usage.total
-    return request.context_tokens + estimate_tokens(text)
+    return request_tokens + estimate_tokens(text)
+
+
+def failure_notice(
+    agent: AgentSettings, error: BackendError | MediaProblem, settings: Settings
+) -> str:
+    """Why the agent did not answer: it failed, or a file of the message could not go to it."""
+    kept = f"Your message is kept; send `!{settings.command_prefix} retry` to try again."
+    if isinstance(error, BackendError):
+        return f"⚠️ {agent.name} failed: {error.describe()}. {kept}"
+    return f"⚠️ {error} {kept}"
 
 
 @define(eq=False)
@@ -52,12 +64,13 @@ class TurnRunner:
     store: Store
     context: ContextManager
     quota: Quota
-    caller: AgentCaller
     refusals: Refusals
     delivery: Delivery
     compaction: Compaction
     chain: ShowChain
     running: RunningAnswers
+    media_in: MediaIn
+    media_out: MediaOut
     outbox: Outbox
     metrics: Metrics
     settings: Callable[[], Settings]
@@ -115,7 +128,7 @@ class TurnRunner:
             await self._answer_message(job, room, settings)
         elif job.kind == NOTE:
             # Written after the answers before it, as the context's next turn.
-            note = [Turn(USER, job.text, job.sender)]
+            note = [Turn(USER, job.text, job.sender, tuple(job.attachments))]
             self.chain.then(job.key, partial(self.delivery.noted, job, room), note)
         elif job.kind == RETRY:
             await self._answer_retry(job, room, settings)
@@ -151,7 +164,7 @@ class TurnRunner:
         await self.delivery.settled(job)
 
     async def _answer_retry(self, job: Job, room: RoomRow, settings: Settings) -> None:
-        turns = await self.store.turns.of_room(room.room_id)
+        turns = await self.store.turns.of_room(room.room_id, job.thread)
         turn = next((t for t in turns if t.id == job.turn_id), None)
         if turn is None:
             # A clear or a trim removed it while the retry waited.
@@ -165,6 +178,7 @@ class TurnRunner:
                 await tx.turns.delete_after(room.room_id, turn.id, job.thread)
                 await tx.turns.set_answered(turn.id, False)
         job.text = turn.content
+        job.attachments = list(refs.from_json(turn.attachments))
         target = ReplyTarget.of(job.event, turn.event_id or job.event.event_id)
         await self._answer(job, room, target, settings, turn.event_id or "")
 
@@ -187,29 +201,31 @@ class TurnRunner:
             await self.refusals.not_answered(target, room.agent_id, settings)
             await self.delivery.kept(job, room)
             return
-        request = await self.context.request_for(
-            room,
-            agent,
-            job.sender,
-            job.text,
-            job.event.event_id if event_id is None else event_id,
-            before=job.turn_id,
-            pending=self.chain.pending_turns(job.key),
-            thread=job.thread,
-        )
         stream = ReplyStream(
             self.outbox, target, settings, resume=job.resume, after=self.chain.last(job.key)
         )
         stream.start()
         try:
-            with self.running.running(target.event_id, stream) as control:
-                text = await self.caller.call(agent, request, settings, stream, control)
-        except BackendError as e:
-            agent_failed(self.metrics, self.log, agent, room.room_id, e)
-            notice = (
-                f"⚠️ {agent.name} failed: {e.describe()}. Your message is kept; "
-                f"send `!{settings.command_prefix} retry` to try again."
+            # The message's files become text or go along (`media_in`, `media_out`).
+            await self.media_in.prepare(job, agent, settings, target, self.chain.last(job.key))
+            request = await self.context.request_for(
+                room,
+                agent,
+                job.sender,
+                job.text,
+                job.event.event_id if event_id is None else event_id,
+                before=job.turn_id,
+                pending=self.chain.pending_turns(job.key),
+                thread=job.thread,
             )
+            with self.running.running(target.event_id, stream) as control:
+                answer = await self.media_out.answer(
+                    job, agent, request, room, settings, stream, control
+                )
+        except (BackendError, MediaProblem) as e:
+            if isinstance(e, BackendError):
+                agent_failed(self.metrics, self.log, agent, room.room_id, e)
+            notice = failure_notice(agent, e, settings)
             self.chain.then(job.key, partial(self._show_failure, job, room, stream, notice), [])
             return
         except BaseException:
@@ -218,22 +234,26 @@ class TurnRunner:
             await stream.close()
             raise
         if control.stopped:
-            text += STOPPED_NOTE
+            answer.text += STOPPED_NOTE
             stream.add(STOPPED_NOTE)
-        tokens = used_tokens(control, request, text)
+        tokens = used_tokens(control, answer.tokens, answer.text)
         self.metrics.tokens(agent.id, tokens)
-        exchange = [Turn(USER, job.text, job.sender), Turn(ASSISTANT, text)]
-        show = partial(self._show_answer, job, room, stream, text, tokens)
+        asked = Turn(USER, job.text, job.sender, tuple(job.attachments))
+        exchange = [asked, Turn(ASSISTANT, answer.text)]
+        show = partial(self._show_answer, job, room, stream, answer, tokens)
         # A regenerated answer replaces one in the middle of the context: nothing new follows.
         self.chain.then(job.key, show, [] if job.kind == REGENERATE else exchange)
 
     async def _show_answer(
-        self, job: Job, room: RoomRow, stream: ReplyStream, text: str, tokens: int
+        self, job: Job, room: RoomRow, stream: ReplyStream, answer: Answer, tokens: int
     ) -> None:
-        """The answer's last edit, then the answer written down, after the room's previous
-        answer; Matrix failures are waited out, and past that, the next start answers it."""
-        if await self._matrix_retried(job, stream.finish):
-            await self.delivery.answered(job, room, text, stream.part_ids()[-1], tokens)
+        """The answer's files and last edit, then the answer written down, after the room's
+        previous answer; Matrix failures are waited out, and past that, the next start answers
+        it."""
+        if await self._matrix_retried(job, partial(self.media_out.show, job, stream, answer)):
+            await self.delivery.answered(
+                job, room, answer.text, answer.newest, tokens, answer.file_refs()
+            )
 
     async def _show_failure(
         self, job: Job, room: RoomRow, stream: ReplyStream, notice: str

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from mautrix.util.async_db import Connection, Scheme, UpgradeTable
 
-LATEST_VERSION = 3
+LATEST_VERSION = 5
 
 upgrade_table = UpgradeTable()
 
@@ -52,6 +52,8 @@ async def upgrade_latest(conn: Connection, scheme: Scheme) -> None:
     await conn.execute("CREATE INDEX room_owner_idx ON room (owner)")
     await _create_local_tables(conn, scheme)
     await _create_v3_tables(conn, scheme)
+    await _add_conversations(conn)
+    await _add_media_columns(conn)
 
 
 async def _create_local_tables(conn: Connection, scheme: Scheme) -> None:
@@ -137,10 +139,9 @@ async def upgrade_v3(conn: Connection, scheme: Scheme) -> None:
     )
 
 
-@upgrade_table.register(description="Threads, shared rooms, forks and usage per agent")
-async def upgrade_conversations(conn: Connection, scheme: Scheme) -> None:
-    # Self-contained: a new database reaches it after `upgrade_latest`, an old one after v3.
-    # The binding's new fields (see matrix.binding), JSON text where they are collections.
+async def _add_conversations(conn: Connection) -> None:
+    # The binding's fields of threads, shared rooms and forks (see matrix.binding), JSON text
+    # where they are collections.
     await conn.execute("ALTER TABLE room ADD COLUMN collaborators TEXT NOT NULL DEFAULT '[]'")
     await conn.execute("ALTER TABLE room ADD COLUMN fork_room TEXT")
     await conn.execute("ALTER TABLE room ADD COLUMN fork_event TEXT")
@@ -173,3 +174,20 @@ async def upgrade_conversations(conn: Connection, scheme: Scheme) -> None:
             PRIMARY KEY (event_id, user_id)
         )"""
     )
+
+
+async def _add_media_columns(conn: Connection) -> None:
+    # The files of each context turn, as references (kind, mimetype, name, mxc, size), and the
+    # room's voice answers (a binding field).
+    await conn.execute("ALTER TABLE context_turn ADD COLUMN attachments TEXT NOT NULL DEFAULT ''")
+    await conn.execute("ALTER TABLE room ADD COLUMN voice BOOLEAN NOT NULL DEFAULT false")
+
+
+@upgrade_table.register(description="Threads, shared rooms, forks and usage per agent")
+async def upgrade_v4(conn: Connection) -> None:
+    await _add_conversations(conn)
+
+
+@upgrade_table.register(description="Attachments in the context; voice answers")
+async def upgrade_v5(conn: Connection) -> None:
+    await _add_media_columns(conn)

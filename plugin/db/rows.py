@@ -6,7 +6,7 @@ import time
 from typing import Any, TypeVar
 
 import attrs
-from attrs import define, fields
+from attrs import define, fields, frozen
 
 from ..matrix.binding import BINDING_FIELDS, Binding, from_column, to_column
 
@@ -71,6 +71,7 @@ class RoomRow(Row):
     fork_room: str | None = None
     fork_event: str | None = None
     thread_starts: dict[str, str] = attrs.field(factory=dict)
+    voice: bool = False
 
     @classmethod
     def from_row(cls, row: Any) -> RoomRow:
@@ -161,6 +162,8 @@ class TurnRow(Row):
     thread_root: str = ""
     # Who sent a user turn (shared rooms tell the agent who said what).
     sender: str = ""
+    # The turn's files as references (JSON, see `media.refs`); never their bytes.
+    attachments: str = ""
 
 
 @define
@@ -198,3 +201,16 @@ class FeedbackRow(Row):
     agent_id: str
     rating: str
     created_at: int
+
+
+@frozen
+class NewTurn:
+    """A context turn to add (see `TurnTable.add_answered`)."""
+
+    event_id: str | None
+    role: str
+    content: str
+    # Who sent a user turn.
+    sender: str = ""
+    # Its files as references (JSON, see `media.refs`).
+    files: str = ""

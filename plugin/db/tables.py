@@ -22,6 +22,7 @@ from .rows import (
     FeedbackRow,
     MemoryRow,
     MessageRow,
+    NewTurn,
     RoomRow,
     TurnRow,
     UsageRow,
@@ -280,17 +281,15 @@ class TurnTable:
         )
         return TurnRow.from_row(row)
 
-    async def add_answered(
-        self, room_id: str, turns: Iterable[tuple[str | None, ...]], thread: str = ""
-    ) -> None:
-        """Adds answered turns: (event id, role, content) each, or (…, sender) for a user's."""
+    async def add_answered(self, room_id: str, turns: Iterable[NewTurn], thread: str = "") -> None:
+        """Adds answered turns to one conversation of the room ('' for its main timeline)."""
         records = [
-            (room_id, t[0], t[1], t[2], True, now_ms(), thread, t[3] if len(t) > 3 else "")
+            (room_id, t.event_id, t.role, t.content, True, now_ms(), thread, t.sender, t.files)
             for t in turns
         ]
         await self.db.executemany(
             "INSERT INTO context_turn (room_id, event_id, role, content, answered, created_at, "
-            "thread_root, sender) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            "thread_root, sender, attachments) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
             records,
         )
 
@@ -333,19 +332,24 @@ class TurnTable:
         answered: bool,
         thread: str = "",
         sender: str = "",
+        attachments: str = "",
     ) -> None:
         """The turn of a user message, once: a message answered again after a restart may have
         one already, which then takes the new state."""
         await self.db.execute(
-            "UPDATE context_turn SET answered=$3 WHERE room_id=$1 AND event_id=$2 AND role=$4",
+            "UPDATE context_turn SET answered=$3, content=$5, attachments=$6 "
+            "WHERE room_id=$1 AND event_id=$2 AND role=$4",
             room_id,
             event_id,
             answered,
             USER_ROLE,
+            content,
+            attachments,
         )
         await self.db.execute(
             "INSERT INTO context_turn (room_id, event_id, role, content, answered, created_at, "
-            "thread_root, sender) SELECT $1, $2, $5, $3, $4, $6, $7, $8 WHERE NOT EXISTS "
+            "thread_root, sender, attachments) SELECT $1, $2, $5, $3, $4, $6, $7, $8, $9 "
+            "WHERE NOT EXISTS "
             "(SELECT 1 FROM context_turn WHERE room_id=$1 AND event_id=$2 AND role=$5)",
             room_id,
             event_id,
@@ -355,13 +359,21 @@ class TurnTable:
             now_ms(),
             thread,
             sender,
+            attachments,
         )
 
     async def set_answered(self, turn_id: int, answered: bool) -> None:
         await self.db.execute("UPDATE context_turn SET answered=$2 WHERE id=$1", turn_id, answered)
 
-    async def set_content(self, turn_id: int, content: str) -> None:
-        await self.db.execute("UPDATE context_turn SET content=$2 WHERE id=$1", turn_id, content)
+    async def set_content(self, turn_id: int, content: str, attachments: str = "") -> None:
+        """A turn's text and files as they were sent again (a retry's transcript, say), or as
+        an answer was regenerated in place."""
+        await self.db.execute(
+            "UPDATE context_turn SET content=$2, attachments=$3 WHERE id=$1",
+            turn_id,
+            content,
+            attachments,
+        )
 
     async def delete_before(self, room_id: str, first_kept_id: int, thread: str = "") -> None:
         await self.db.execute(

@@ -48,6 +48,8 @@ class Binding:
     fork_event: str | None = None
     # Thread root -> the event that started the thread's current context (a clear or compact).
     thread_starts: dict[str, str] = attrs.field(factory=dict)
+    # Answers also arrive as voice messages (`!ai voice on`).
+    voice: bool = False
     version: int = SCHEMA_VERSION
 
     def to_content(self) -> dict[str, Any]:
@@ -74,6 +76,7 @@ class Binding:
             context_start=context_start if isinstance(context_start, str) else None,
             share_memory=content.get("share_memory") is not False,
             **_conversation_fields(content),
+            voice=content.get("voice") is True,
             version=int(content.get("version") or SCHEMA_VERSION),
         )
 

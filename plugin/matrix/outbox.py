@@ -1,5 +1,6 @@
 """The one sender of everything the bot puts into rooms: messages, edits, notices, command
-replies, reactions, redactions and state.
+replies, reactions, redactions, state, and files (uploaded, then sent as m.image, m.file or
+m.audio; encrypted first in an encrypted room).
 
 It encrypts where the room is encrypted, and waits out the homeserver's rate limit as it asks.
 mautrix 0.21 turns an M_LIMIT_EXCEEDED answer into an exception without its body, so the
@@ -20,9 +21,17 @@ import aiohttp
 from attrs import define
 from maubot.matrix import MaubotMatrixClient
 from mautrix.api import Method, Path, PathBuilder
-from mautrix.errors import MatrixConnectionError, MatrixError, MNotFound, make_request_error
+from mautrix.errors import (
+    MatrixConnectionError,
+    MatrixError,
+    MLimitExceeded,
+    MNotFound,
+    make_request_error,
+)
 from mautrix.types import EventType, Serializable
 
+from ..agents.files import OutFile
+from ..media.crypto import encrypt_in_place
 from ..ops.metrics import Metrics
 from .render import render, split_text
 from .replies import COVERS_KEY, NOTICE, ReplyTarget
@@ -150,6 +159,59 @@ class Outbox:
         for start in range(0, len(covers), MAX_COVERS):
             content = {**render(text, NOTICE), COVERS_KEY: covers[start : start + MAX_COVERS]}
             await self.send(room_id, content)
+
+    async def upload(self, room_id: str, file: OutFile) -> dict[str, Any]:
+        """Uploads a file for the room through the client's media API, once: the content keys
+        that locate it (`url`, or `file` in an encrypted room, where it is encrypted in place
+        first). A try that failed halfway resumes from where it stopped."""
+        if file.location:
+            return file.location
+        assert file.data is not None, "a posted file's bytes are gone"
+        if file.encryption is None and await self._encrypted(room_id):
+            if not isinstance(file.data, bytearray):
+                file.data = bytearray(file.data)
+            file.encryption = encrypt_in_place(file.data)
+        mimetype = "application/octet-stream" if file.encryption else file.mimetype
+        for attempt in range(1, SEND_TRIES + 1):
+            try:
+                mxc = await self.client.upload_media(
+                    file.data,
+                    mime_type=mimetype,
+                    filename=None if file.encryption else file.name,
+                    size=len(file.data),
+                )
+                break
+            except (MLimitExceeded, MatrixConnectionError) as e:
+                if attempt == SEND_TRIES:
+                    self.metrics.error("matrix", f"uploading to {room_id}: {e}")
+                    raise
+                await asyncio.sleep(retry_delay_ms(RateLimited(None), attempt) / 1000)
+            except MatrixError as e:
+                self.metrics.error("matrix", f"uploading to {room_id}: {type(e).__name__} {e}")
+                raise
+        if file.encryption:
+            file.location = {"file": {**file.encryption, "url": str(mxc)}}
+        else:
+            file.location = {"url": str(mxc)}
+        return file.location
+
+    async def send_file(
+        self, target: ReplyTarget, msgtype: str, file: OutFile, extra: dict[str, Any]
+    ) -> str:
+        """Uploads a file and sends it as a reply to the target; returns the event id."""
+        location = await self.upload(target.room_id, file)
+        info: dict[str, Any] = {"mimetype": file.mimetype, "size": file.size}
+        info.update(extra.pop("info", {}))
+        content: dict[str, Any] = {
+            "msgtype": msgtype,
+            "body": file.caption or file.name,
+            "filename": file.name,
+            "info": info,
+            **location,
+            **extra,
+        }
+        content["m.relates_to"] = target.relation()
+        return await self.send(target.room_id, content)
 
     async def state(
         self, room_id: str, event_type: str, content: dict[str, Any], state_key: str = ""

@@ -26,9 +26,18 @@ CONTINUED_KEY = "org.agentspaces.continued"
 FAILED_KEY = "org.agentspaces.failed"
 # The user events that one notice answers (messages not sent to the agent, counted together).
 COVERS_KEY = "org.agentspaces.covers"
+# Marks a reply that tells something about the user's message (what a voice message said) but
+# is no part of its answer: it answers nothing.
+ASIDE_KEY = "org.agentspaces.aside"
 TEXT = "m.text"
 NOTICE = "m.notice"
 ENCRYPTED = "m.room.encrypted"
+# Parts of an answer that are files (an agent's image, a voice answer): no text to take over.
+FILE_MSGTYPES = ("m.image", "m.file", "m.audio", "m.video")
+
+
+def is_file(content: dict[str, Any]) -> bool:
+    return content.get("msgtype") in FILE_MSGTYPES
 
 
 @define
@@ -121,7 +130,7 @@ class Timeline:
 
     def answer_text(self, event_id: str) -> str | None:
         """The whole text of an agent's answer (its parts joined), if it is complete."""
-        replies = self.replies.get(event_id) or []
+        replies = [r for r in self.replies.get(event_id) or [] if not is_file(r.content)]
         if not self.answered(event_id) or not all(
             r.content.get("msgtype") == TEXT for r in replies
         ):
@@ -129,10 +138,10 @@ class Timeline:
         return "".join(r.text for r in replies)
 
     def interrupted(self, event_id: str) -> list[str]:
-        """The parts of an answer that was cut off (a stop or a crash while it streamed)."""
+        """The text parts of an answer that was cut off (a stop or a crash while it streamed)."""
         if self.answered(event_id):
             return []
-        return [r.event_id for r in self.replies.get(event_id) or []]
+        return [r.event_id for r in self.replies.get(event_id) or [] if not is_file(r.content)]
 
 
 def resolve(events: list[dict[str, Any]], bot_id: str) -> Timeline:
@@ -159,7 +168,7 @@ def resolve(events: list[dict[str, Any]], bot_id: str) -> Timeline:
             continue
         _cover(timeline, content)
         target = reply_target(content)
-        if target:
+        if target and not content.get(ASIDE_KEY):
             reply = Reply(ev["event_id"], content)
             by_id[reply.event_id] = reply
             timeline.replies.setdefault(target, []).append(reply)

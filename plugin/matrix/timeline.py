@@ -14,7 +14,9 @@ from mautrix.api import Method, Path
 from mautrix.types import PaginationDirection
 
 PAGE_SIZE = 100
-_MESSAGES = json.dumps({"types": ["m.room.message", "m.room.encrypted"]})
+# Stickers are events of their own type, and go to the agent like images; encrypted events are
+# decrypted by the caller (`matrix.encryption`).
+_MESSAGES = json.dumps({"types": ["m.room.message", "m.room.encrypted", "m.sticker"]})
 
 
 async def walk_back(

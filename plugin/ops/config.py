@@ -12,9 +12,10 @@ from typing import Any
 from mautrix.util.config import BaseProxyConfig, ConfigUpdateHelper
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
+from .media_config import parse_media
 from .settings import AgentSettings, Settings
 
-BACKENDS = ("echo", "openai", "http")
+BACKENDS = ("echo", "openai", "http", "openai_image")
 ENCRYPT_MODES = ("auto", "always", "never")
 GROUP_TRIGGERS = ("mention", "all")
 # Keys whose values are never written to a log, not even when they have the wrong type.
@@ -65,6 +66,11 @@ CONFIG_KEYS = (
     "catch_up.max_age_hours",
     "catch_up.max_per_room",
     "web.token",
+    "attachments.max_bytes",
+    "attachments.images_in_context",
+    "attachments.inline_text_chars",
+    "speech.transcribe",
+    "speech.speak",
 )
 
 
@@ -239,22 +245,38 @@ def _parse_agent(reader: _Reader, index: int, raw: Any) -> AgentSettings | None:
 
 
 def _openai_options(reader: _Reader, key: str, raw: dict[str, Any]) -> dict[str, Any]:
-    def text(name: str) -> str:
-        return reader.string(f"{key}.{name}", raw.get(name), required=False)
+    def flag(name: str, default: bool) -> bool:
+        return reader.boolean(f"{key}.{name}", raw.get(name), default=default)
 
+    return {
+        "base_url": _base_url(reader, key, raw, "openai"),
+        **_texts(reader, key, raw, "api_key", "model", "system_prompt"),
+        "stream": flag("stream", True),
+        "vision": flag("vision", False),
+        "pdf": flag("pdf", False),
+    }
+
+
+def _openai_image_options(reader: _Reader, key: str, raw: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "base_url": _base_url(reader, key, raw, "openai_image"),
+        **_texts(reader, key, raw, "api_key", "model", "size"),
+    }
+
+
+def _texts(reader: _Reader, key: str, raw: dict[str, Any], *names: str) -> dict[str, str]:
+    """Optional text keys of an agent."""
+    return {name: reader.string(f"{key}.{name}", raw.get(name), required=False) for name in names}
+
+
+def _base_url(reader: _Reader, key: str, raw: dict[str, Any], backend: str) -> str:
     base_url = reader.string(
         f"{key}.base_url",
         raw.get("base_url"),
-        what="is required for the openai backend (the server's URL, like "
+        what=f"is required for the {backend} backend (the server's URL, like "
         "https://api.openai.com/v1)",
     )
-    return {
-        "base_url": base_url.rstrip("/"),
-        "api_key": text("api_key"),
-        "model": text("model"),
-        "system_prompt": text("system_prompt"),
-        "stream": reader.boolean(f"{key}.stream", raw.get("stream"), default=True),
-    }
+    return base_url.rstrip("/")
 
 
 def _http_options(reader: _Reader, key: str, raw: dict[str, Any]) -> dict[str, Any]:
@@ -277,7 +299,11 @@ def _http_options(reader: _Reader, key: str, raw: dict[str, Any]) -> dict[str, A
     }
 
 
-_BACKEND_OPTIONS = {"openai": _openai_options, "http": _http_options}
+_BACKEND_OPTIONS = {
+    "openai": _openai_options,
+    "http": _http_options,
+    "openai_image": _openai_image_options,
+}
 
 
 def _parse_agents(reader: _Reader) -> dict[str, AgentSettings]:
@@ -400,6 +426,7 @@ def parse_settings(data: dict[str, Any], server: str, crypto: bool = True) -> Se
         web_token=reader.string("web.token", required=False),
         threads=_switch(reader, "rooms.threads"),
         group_trigger=_choice(reader, "rooms.group_trigger", GROUP_TRIGGERS),
+        media=parse_media(reader),
     )
     if reader.problems:
         raise ConfigError(reader.problems)

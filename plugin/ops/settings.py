@@ -22,6 +22,32 @@ class AgentSettings:
     send_history: bool = False
     # The agent's avatar in its rooms: an mxc:// URI, or an image URL the plugin uploads once.
     avatar: str = ""
+    # openai: the model sees images, reads PDFs. openai_image: the generated image's size.
+    vision: bool = False
+    pdf: bool = False
+    size: str = ""
+
+
+@frozen
+class SpeechEndpoint:
+    """An OpenAI-compatible audio endpoint (`speech.transcribe` or `speech.speak`)."""
+
+    base_url: str
+    api_key: str = field(repr=False)
+    model: str
+    # transcribe: the spoken language (empty: detected); speak: the voice.
+    language: str = ""
+    voice: str = ""
+
+
+@frozen
+class MediaSettings:
+    max_bytes: int = 10 * 1024 * 1024
+    images_in_context: int = 1
+    inline_text_chars: int = 50_000
+    # None: not set up.
+    transcribe: SpeechEndpoint | None = None
+    speak: SpeechEndpoint | None = None
 
 
 @frozen
@@ -55,3 +81,4 @@ class Settings:
     threads: bool = True
     # When the agent answers in a room with collaborators: "mention" or "all".
     group_trigger: str = "mention"
+    media: MediaSettings = MediaSettings()

@@ -18,7 +18,7 @@ from ..conversation.context import SEED, ContextManager
 from ..conversation.regenerate import answered_message
 from ..conversation.threads import thread_of
 from ..db import Store
-from ..db.rows import RoomRow, TurnRow
+from ..db.rows import NewTurn, RoomRow, TurnRow
 from ..errors import UsageError
 from ..matrix.encryption import Encryption
 from ..matrix.outbox import Outbox
@@ -80,7 +80,7 @@ class Forks:
             room.owner, room.agent_id, title, (room.room_id, target)
         )
         await self.store.turns.add_answered(
-            new.room_id, [(None, t.role, t.content, t.sender) for t in turns]
+            new.room_id, [NewTurn(None, t.role, t.content, t.sender, t.attachments) for t in turns]
         )
         origin = (
             f"https://matrix.to/#/{room.room_id}/{target}?via={self.client.mxid.split(':', 1)[1]}"

@@ -25,6 +25,7 @@ from ..ops.settings import Settings
 Candidate = Message
 
 MESSAGE = "m.room.message"
+STICKER = "m.sticker"
 TOO_OLD = "old"
 OVER_CAP = "cap"
 OVER_QUOTA = "quota"
@@ -68,10 +69,13 @@ def event_of(row: MessageRow) -> Candidate | None:
 
 def parse_event(raw: dict[str, Any]) -> Candidate | None:
     """A message, or an encrypted event; None for anything else (a decrypted reaction)."""
+    if raw.get("type") == STICKER and isinstance(raw.get("content"), dict):
+        # What mautrix does to a live sticker: a media message of type m.sticker.
+        raw = {**raw, "content": {**raw["content"], "msgtype": STICKER}}
     try:
         if raw.get("type") == ENCRYPTED:
             return EncryptedEvent.deserialize(raw)
-        if raw.get("type") == MESSAGE:
+        if raw.get("type") in (MESSAGE, STICKER):
             return MessageEvent.deserialize(raw)
     except (SerializerError, KeyError, ValueError):
         pass

@@ -23,7 +23,6 @@ from maubot.matrix import MaubotMatrixClient
 from mautrix.types import EncryptedEvent, MessageEvent
 from mautrix.util.logging import TraceLogger
 
-from ..conversation.context import ASSISTANT
 from ..conversation.delivery import answered_turns
 from ..conversation.intake import Intake, job_of
 from ..conversation.queues import RoomQueues
@@ -32,22 +31,29 @@ from ..conversation.threads import thread_of
 from ..conversation.undecryptable import Undecryptable, record
 from ..db import Store
 from ..db.batch import GroupCommit
-from ..db.rows import ANSWERED, AWAITING_KEY, RECEIVED, MessageRow, RoomRow, now_ms
+from ..db.rows import ANSWERED, AWAITING_KEY, RECEIVED, MessageRow, NewTurn, RoomRow, now_ms
 from ..matrix.encryption import Encryption
 from ..matrix.outbox import Outbox
-from ..matrix.replies import Timeline, message_text, resolve
+from ..matrix.replies import Timeline, resolve
 from ..matrix.sync import fresh_initial_sync
 from ..matrix.timeline import walk_back
 from ..ops.settings import Settings
 from .backlog import Backlog, Candidate, candidates, plan_backlog, skipped_notice
-from .rebuild import NewTurn, conversation_turns, fork_prefix, room_messages, within
+from .rebuild import (
+    answer_turn,
+    conversation_turns,
+    fork_prefix,
+    room_messages,
+    user_turn,
+    within,
+)
 
 # How far back one room's walk may go, in events.
 MAX_WALK = 1000
 CONCURRENCY = 4
 # Answered messages are forgotten after this long, or twice the catch-up's reach if longer.
 KEEP_ANSWERED_MS = 7 * 24 * 3600 * 1000
-_MESSAGE_TYPES = ["m.room.message", "m.room.encrypted"]
+_MESSAGE_TYPES = ["m.room.message", "m.room.encrypted", "m.sticker"]
 _LATEST_FILTER = {
     "room": {
         "timeline": {"limit": 1, "types": _MESSAGE_TYPES},
@@ -259,25 +265,32 @@ class CatchUp:
         """Matrix has the final answer and the DB missed it: the DB catches up, the exchange
         into the context too (a rebuilt context takes it from the timeline instead)."""
         event_id = evt.event_id
-        answer = timeline.answer_text(event_id)
-        text = message_text(evt) if isinstance(evt, MessageEvent) else None
+        answer = answer_turn(timeline, event_id)
+        asked = user_turn(evt) if isinstance(evt, MessageEvent) else None
         thread = thread_of(evt, self.settings()) if isinstance(evt, MessageEvent) else ""
 
         async def write(tx: Store) -> None:
             await record(tx, evt, ANSWERED)
             await tx.messages.set_state(event_id, ANSWERED)
-            if rebuild or text is None:
+            if rebuild or asked is None:
                 return
             known = await answered_turns(tx, room.room_id, event_id)
             if known is not None:
                 # A regeneration that ended in Matrix: its answer's turn takes the new text.
                 if answer is not None:
-                    await tx.turns.set_content(known[1].id, answer)
+                    await tx.turns.set_content(known[1].id, answer.content, answer.files)
                 return
-            answered = answer is not None
-            await tx.turns.add_user_turn(room.room_id, event_id, text, answered, thread, evt.sender)
+            await tx.turns.add_user_turn(
+                room.room_id,
+                event_id,
+                asked.content,
+                answer is not None,
+                thread,
+                asked.sender,
+                asked.files,
+            )
             if answer is not None:
-                await tx.turns.add_answered(room.room_id, [(None, ASSISTANT, answer)], thread)
+                await tx.turns.add_answered(room.room_id, [answer], thread)
 
         await self.batch.write(write)
 

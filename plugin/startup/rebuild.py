@@ -15,15 +15,14 @@ from mautrix.types import MessageEvent
 from ..conversation.context import ASSISTANT, USER
 from ..conversation.group import calls_agent
 from ..conversation.threads import thread_of, thread_root
-from ..db.rows import ACTIVE, RoomRow
+from ..db.rows import ACTIVE, NewTurn, RoomRow
 from ..matrix.encryption import Encryption
 from ..matrix.replies import Timeline, message_text, reply_target, resolve
 from ..matrix.timeline import walk_back
+from ..media.refs import attachment_of, carries_file, media_of, to_json
 from ..ops.settings import Settings
 from .backlog import Candidate, is_candidate, parse_event
 
-# (event id, role, content, sender): a turn as `TurnTable.add_answered` takes it.
-NewTurn = tuple[str | None, str, str, str]
 MAX_WALK = 1000
 
 
@@ -66,17 +65,31 @@ def conversation_turns(
         start = room.thread_starts.get(thread) if thread else None
         if start is not None and position.get(evt.event_id, 0) <= position.get(start, -1):
             continue
-        if evt.event_id in notes:
-            turns.setdefault(thread, []).append((evt.event_id, USER, message_text(evt), evt.sender))
-            continue
-        if not timeline.answered(evt.event_id):
+        if evt.event_id not in notes and not timeline.answered(evt.event_id):
             continue
         into = turns.setdefault(thread, [])
-        into.append((evt.event_id, USER, message_text(evt), evt.sender))
-        answer = timeline.answer_text(evt.event_id)
+        into.append(user_turn(evt))
+        answer = answer_turn(timeline, evt.event_id) if evt.event_id not in notes else None
         if answer is not None:
-            into.append((None, ASSISTANT, answer, ""))
+            into.append(answer)
     return turns
+
+
+def user_turn(evt: MessageEvent) -> NewTurn:
+    """A message as its context turn; a file is kept as its reference, since its bytes are in
+    Matrix (see `media.refs`)."""
+    text, files = media_of(evt) if carries_file(evt) else (message_text(evt), [])
+    return NewTurn(evt.event_id, USER, text, evt.sender, to_json(files))
+
+
+def answer_turn(timeline: Timeline, event_id: str) -> NewTurn | None:
+    """The bot's final answer to a message as its context turn, with the files it posted."""
+    answer = timeline.answer_text(event_id)
+    if answer is None:
+        return None
+    replies = timeline.replies.get(event_id) or []
+    posted = [a for r in replies if (a := attachment_of(r.content)) is not None]
+    return NewTurn(None, ASSISTANT, answer, files=to_json(posted))
 
 
 def within(turns: list[NewTurn], budget_chars: int) -> list[NewTurn]:
@@ -84,7 +97,7 @@ def within(turns: list[NewTurn], budget_chars: int) -> list[NewTurn]:
     kept: list[NewTurn] = []
     size = 0
     for turn in reversed(turns):
-        size += len(turn[2])
+        size += len(turn.content)
         if size > budget_chars:
             break
         kept.append(turn)

@@ -279,6 +279,8 @@ async def downgrade_to_v1(bot: Deployment, db_kind: str, request: pytest.Fixture
         "DROP TABLE agent_usage",
         "DROP TABLE feedback",
         "ALTER TABLE room DROP COLUMN chat_id",
+        "ALTER TABLE room DROP COLUMN voice",
+        "ALTER TABLE context_turn DROP COLUMN attachments",
         "ALTER TABLE room DROP COLUMN updated_at",
         "ALTER TABLE agent_user DROP COLUMN updated_at",
         "ALTER TABLE agent_user DROP COLUMN access_notice",

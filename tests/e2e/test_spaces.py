@@ -125,6 +125,7 @@ async def test_start_builds_the_space_as_the_user_sees_it(
             "fork_room": None,
             "fork_event": None,
             "thread_starts": {},
+            "voice": False,
             "version": 1,
         }
         assert row["chat_id"]

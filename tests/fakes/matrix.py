@@ -20,7 +20,8 @@ import copy
 import itertools
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import unquote
@@ -46,6 +47,7 @@ from mautrix.types import (
     ReactionEvent,
     RoomNameStateEventContent,
 )
+from yarl import URL
 
 from plugin.matrix.outbox import RateLimited
 from plugin.startup.discover import SLIDING_SYNC_PATH
@@ -191,12 +193,64 @@ class FakeStateStore:
         return None
 
 
+class FakeMediaBody:
+    """The body of a media download, as aiohttp's StreamReader hands it out."""
+
+    def __init__(self, fake: FakeMatrix, data: bytes) -> None:
+        self.fake = fake
+        self.data = data
+
+    async def iter_chunked(self, size: int) -> AsyncIterator[bytes]:
+        for start in range(0, len(self.data), size):
+            chunk = self.data[start : start + size]
+            self.fake.media_streamed += len(chunk)
+            yield chunk
+
+
+@define
+class FakeMediaResponse:
+    status: int
+    content_length: int | None
+    content: FakeMediaBody
+
+
+class FakeMediaSession:
+    """The client's HTTP session, for media downloads: serves `FakeMatrix.media` on the
+    authenticated (v1) path and the legacy (v3) one."""
+
+    def __init__(self, fake: FakeMatrix) -> None:
+        self.fake = fake
+
+    @asynccontextmanager
+    async def get(self, url: Any, **kwargs: Any) -> AsyncIterator[FakeMediaResponse]:
+        path = unquote(str(url.path))
+        fake = self.fake
+        fake.downloads.append(path)
+        v1 = "/_matrix/client/v1/media/download/" in path
+        server, media_id = path.rsplit("/", 2)[-2:]
+        data = fake.media.get(f"mxc://{server}/{media_id}")
+        status = 200
+        if v1 and not fake.authenticated_media:
+            status, data = 404, b""
+        elif fake.fail.get("download", 0) > 0:
+            fake.fail["download"] -= 1
+            status, data = 502, b""
+        elif data is None:
+            status, data = 404, b""
+        declared = len(data) if fake.declare_media_size else None
+        yield FakeMediaResponse(status, declared, FakeMediaBody(fake, data))
+
+
 class FakeApi:
-    """The client's `api`: the plugin's own requests for /sync, sliding sync and /messages."""
+    """The client's `api`: the plugin's own requests for /sync, sliding sync and /messages, and
+    its HTTP session, URL and token for media downloads."""
 
     def __init__(self, fake: FakeMatrix) -> None:
         self.fake = fake
         self.paths: list[str] = []
+        self.base_url = URL("https://hs.example.org")
+        self.token = "fake-token"
+        self.session = FakeMediaSession(fake)
 
     def get_txn_id(self) -> str:
         return f"txn{next(_ids)}"
@@ -244,8 +298,15 @@ class FakeMatrix:
         self.dispatched: list[Event] = []
         self.on_dispatch: Callable[[Event], Awaitable[None]] | None = None
         self.handler_tasks: list[asyncio.Task[None]] = []
-        # What the plugin uploaded to the media repository.
-        self.uploads: list[bytes] = []
+        # The media repository: mxc -> bytes, uploads (the bot's) and downloads (paths).
+        self.media: dict[str, bytes] = {}
+        self.uploads: list[tuple[str, str | None, str | None]] = []
+        self.downloads: list[str] = []
+        # Whether the homeserver serves /_matrix/client/v1/media (Matrix 1.11), and sends a
+        # Content-Length with a download; bytes handed out to downloads so far.
+        self.authenticated_media = True
+        self.declare_media_size = True
+        self.media_streamed = 0
 
     # Failure injection
 
@@ -344,7 +405,45 @@ class FakeMatrix:
         self.handler_tasks.append(task)
         return [task]
 
+    def add_media(self, data: bytes) -> str:
+        """A file a user uploaded: its mxc URI."""
+        mxc = f"mxc://example.org/m{next(_ids)}"
+        self.media[mxc] = bytes(data)
+        return mxc
+
+    def media_message(
+        self,
+        room_id: str,
+        data: bytes,
+        name: str,
+        mimetype: str,
+        msgtype: str = "m.image",
+        caption: str = "",
+        **kwargs: Any,
+    ) -> MessageEvent:
+        """A file a user uploaded and sent: `caption` is the body (MSC2530) if given; `extra`
+        and the other keywords as `message` takes them."""
+        content: dict[str, Any] = {
+            "url": self.add_media(data),
+            "filename": name,
+            "info": {"mimetype": mimetype, "size": len(data)},
+            **kwargs.pop("extra", {}),
+        }
+        return self.message(room_id, caption or name, msgtype=msgtype, extra=content, **kwargs)
+
     # The client calls the plugin makes
+
+    async def upload_media(
+        self,
+        data: bytes | bytearray,
+        mime_type: str | None = None,
+        filename: str | None = None,
+        size: int | None = None,
+    ) -> str:
+        self._call("upload_media")
+        mxc = self.add_media(data)
+        self.uploads.append((mxc, mime_type, filename))
+        return mxc
 
     async def create_room(self, **kwargs: Any) -> str:
         self._call("create_room")
@@ -392,11 +491,6 @@ class FakeMatrix:
     async def kick_user(self, room_id: str, user_id: str, reason: str = "") -> None:
         self._call("kick_user")
         self.rooms[room_id].members[user_id] = "leave"
-
-    async def upload_media(self, data: bytes, mime_type: str | None = None, **kwargs: Any) -> str:
-        self._call("upload_media")
-        self.uploads.append(data)
-        return f"mxc://example.org/upload{next(_ids)}"
 
     async def get_displayname(self, user_id: str) -> str:
         return "Alice"

@@ -7,6 +7,7 @@ Every request body and its headers are recorded, so tests can see what the plugi
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import socket
 import time
@@ -39,6 +40,9 @@ class Behavior:
     # The token counts the server reports (`{"prompt_tokens", "completion_tokens"}`): in the
     # JSON answer, or in a last stream chunk when the request asks for it.
     usage: dict[str, int] | None = None
+    # Files the http agent answers with: {"mimetype", "name", "data_base64"} each, in the JSON
+    # answer, or as `attachment` events after the text when it streams.
+    attachments: list[dict[str, Any]] = field(factory=list)
 
 
 @define
@@ -82,7 +86,9 @@ class FakeServer:
         self.script_queue.extend(behaviors)
 
     async def start(self) -> None:
-        app = web.Application()
+        # The benchmarks send images of 10 MB, as base64 in JSON.
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        self.routes(app)
         app.router.add_post("/{tail:.*}", self._handle)
         app.router.add_get("/avatar.png", self._avatar)
         # A test that leaves a slow answer pending must not wait for it when the server stops.
@@ -107,6 +113,9 @@ class FakeServer:
                 raise TimeoutError(f"{len(self.requests)} of {count} requests arrived")
             await asyncio.sleep(0.02)
         return self.requests
+
+    def routes(self, app: web.Application) -> None:
+        """Endpoints of this kind of server besides its chat endpoint."""
 
     async def _avatar(self, request: web.Request) -> web.Response:
         """An agent's avatar image, as a web server would serve it."""
@@ -137,13 +146,18 @@ class FakeServer:
             text = behavior.reply if behavior.reply is not None else self.reply_text(body)
             if behavior.chunks or self.wants_stream(body):
                 usage = behavior.usage if self.wants_usage(body) else None
-                parts = split(text, behavior.chunks or 3)
+                chunks = [self.chunk(p) for p in split(text, behavior.chunks or 3) if p]
+                chunks += [{"attachment": a} for a in behavior.attachments]
+                if usage is not None:
+                    chunks.append(self.usage_chunk(usage))
                 try:
-                    return await self._stream(request, behavior, parts, usage)
+                    return await self._stream(request, behavior, chunks)
                 except (ConnectionResetError, asyncio.CancelledError):
                     self.disconnects += 1
                     raise
             whole = self.whole(text)
+            if behavior.attachments:
+                whole["attachments"] = behavior.attachments
             if behavior.usage is not None:
                 whole["usage"] = behavior.usage
             return web.json_response(whole)
@@ -151,25 +165,19 @@ class FakeServer:
             self.active -= 1
 
     async def _stream(
-        self,
-        request: web.Request,
-        behavior: Behavior,
-        parts: list[str],
-        usage: dict[str, int] | None,
+        self, request: web.Request, behavior: Behavior, chunks: list[dict[str, Any]]
     ) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
-        for n, part in enumerate(parts):
+        for n, chunk in enumerate(chunks):
             if behavior.break_after is not None and n >= behavior.break_after:
                 request.transport.close()  # type: ignore[union-attr]
                 return resp
-            await resp.write(f"data: {json.dumps(self.chunk(part))}\n\n".encode())
+            await resp.write(f"data: {json.dumps(chunk)}\n\n".encode())
             if behavior.chunk_delay:
                 await asyncio.sleep(behavior.chunk_delay)
                 if request.transport is None or request.transport.is_closing():
                     raise ConnectionResetError("the client closed the connection")
-        if usage is not None:
-            await resp.write(f"data: {json.dumps(self.usage_chunk(usage))}\n\n".encode())
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
         return resp
@@ -195,11 +203,78 @@ class FakeServer:
         raise NotImplementedError
 
 
+@define
+class Audio:
+    """What the fake's audio and image endpoints answer, and what they were sent."""
+
+    transcript: str = "the words of the voice message"
+    # Ogg Opus bytes would do too; these only have to come back unchanged.
+    speech: bytes = b"OggS" + bytes(range(256)) * 8
+    image: bytes = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 16
+    # Each transcription request: its form fields, and the uploaded file's bytes as "file".
+    transcriptions: list[dict[str, Any]] = field(factory=list)
+    speeches: list[dict[str, Any]] = field(factory=list)
+    generations: list[dict[str, Any]] = field(factory=list)
+    # The status the next requests of each endpoint answer (200 when empty).
+    fail: deque[int] = field(factory=deque)
+
+
+def text_of(content: Any) -> str:
+    """An OpenAI message's text: the content itself, or its text parts joined."""
+    if isinstance(content, str):
+        return content
+    return "".join(p.get("text", "") for p in content if p.get("type") == "text")
+
+
+def data_urls(content: Any) -> list[str]:
+    """The data URLs of an OpenAI message's image and file parts."""
+    if isinstance(content, str):
+        return []
+    urls = [p["image_url"]["url"] for p in content if p.get("type") == "image_url"]
+    return urls + [p["file"]["file_data"] for p in content if p.get("type") == "file"]
+
+
+# Not slotted: a test may replace a method of the wire format (`wants_stream`).
+@define(slots=False)
 class FakeOpenAI(FakeServer):
-    """`POST /v1/chat/completions`, answering "reply to: <last user message>"."""
+    """`POST /v1/chat/completions`, answering "reply to: <last user message>"; and
+    `/v1/audio/transcriptions`, `/v1/audio/speech`, `/v1/images/generations` (see `Audio`)."""
+
+    audio: Audio = field(factory=Audio)
 
     def reply_text(self, body: dict[str, Any]) -> str:
-        return f"reply to: {body['messages'][-1]['content']}"
+        return f"reply to: {text_of(body['messages'][-1]['content'])}"
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_post("/v1/audio/transcriptions", self._transcribe)
+        app.router.add_post("/v1/audio/speech", self._speak)
+        app.router.add_post("/v1/images/generations", self._generate)
+
+    def _failed(self) -> web.Response | None:
+        status = self.audio.fail.popleft() if self.audio.fail else 200
+        if status == 200:
+            return None
+        return web.json_response({"error": f"scripted {status}"}, status=status)
+
+    async def _transcribe(self, request: web.Request) -> web.Response:
+        form = await request.post()
+        fields = {k: v for k, v in form.items() if k != "file"}
+        upload = form["file"]
+        fields["file"] = upload.file.read()  # type: ignore[union-attr]
+        fields["filename"] = upload.filename  # type: ignore[union-attr]
+        self.audio.transcriptions.append(fields)
+        return self._failed() or web.json_response({"text": self.audio.transcript})
+
+    async def _speak(self, request: web.Request) -> web.Response:
+        self.audio.speeches.append(await request.json())
+        failed = self._failed()
+        return failed or web.Response(body=self.audio.speech, content_type="audio/ogg")
+
+    async def _generate(self, request: web.Request) -> web.Response:
+        self.audio.generations.append(await request.json())
+        image = base64.b64encode(self.audio.image).decode()
+        answer = {"created": 0, "data": [{"b64_json": image, "revised_prompt": "a fake image"}]}
+        return self._failed() or web.json_response(answer)
 
     def wants_stream(self, body: dict[str, Any]) -> bool:
         return bool(body.get("stream"))

@@ -19,6 +19,7 @@ from mautrix.types import EncryptedEvent, Event, MessageEvent
 
 from plugin import parts
 from plugin.agents.base import AgentRequest
+from plugin.agents.files import OutFile
 from plugin.conversation import agent_call
 from plugin.db import Store
 from plugin.db.rows import ACTIVE, RoomRow, now_ms
@@ -44,8 +45,10 @@ class ScriptedAgent:
         self.fail_after_chunks: int | None = None
         # Appended to every answer: a long one makes a reply of several parts.
         self.extra = ""
+        # Files every answer carries after its text.
+        self.files: list[OutFile] = []
 
-    async def reply(self, request: AgentRequest) -> AsyncIterator[str]:
+    async def reply(self, request: AgentRequest) -> AsyncIterator[str | OutFile]:
         self.calls.append(request)
         self.active += 1
         self.max_active = max(self.max_active, self.active)
@@ -60,6 +63,8 @@ class ScriptedAgent:
                     raise error
                 await asyncio.sleep(self.gap)
                 yield text[start : start + size]
+            for file in self.files:
+                yield OutFile(file.mimetype, file.name, bytearray(file.data or b""))
         finally:
             self.active -= 1
 

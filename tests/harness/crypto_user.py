@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from mautrix.client import Client, SyncStream
 from mautrix.client.state_store import MemoryStateStore
 from mautrix.crypto import OlmMachine
+from mautrix.crypto.attachments import decrypt_attachment, encrypt_attachment
 from mautrix.crypto.sessions import OutboundGroupSession
 from mautrix.crypto.store import MemoryCryptoStore
 from mautrix.errors import DecryptionError
@@ -288,6 +289,23 @@ class CryptoMatrixUser(MatrixUser):
             RoomID(room_id), EventType.find(type, EventType.Class.MESSAGE), content
         )
         return await super().send(room_id, encrypted.serialize(), ENCRYPTED)
+
+    async def file_location(
+        self, room_id: str, data: bytes, mimetype: str, name: str
+    ) -> dict[str, Any]:
+        """In an encrypted room, a file is encrypted (EncryptedFile) before it is uploaded."""
+        if not await self.is_encrypted(room_id):
+            return await super().file_location(room_id, data, mimetype, name)
+        ciphertext, info = encrypt_attachment(data)
+        mxc = await self.upload(ciphertext, "application/octet-stream")
+        return {"file": {**info.serialize(), "url": mxc}}
+
+    async def download_decrypted(self, file: dict[str, Any]) -> bytes:
+        """The plaintext of an EncryptedFile the bot sent."""
+        ciphertext = await self.download(file["url"])
+        return decrypt_attachment(
+            ciphertext, file["key"]["k"], file["hashes"]["sha256"], file["iv"]
+        )
 
     async def send_undecryptable(self, room_id: str, body: str) -> str:
         """A text message in a fresh megolm session whose key is sent to no device at all.

@@ -7,6 +7,7 @@ import attrs
 import pytest
 from mautrix.types import MessageEvent
 
+from plugin.db.rows import NewTurn
 from plugin.startup.catchup import CatchUpReport
 from tests.fakes.world import ScriptedAgent, World, script_agent
 
@@ -24,7 +25,7 @@ async def prepare(
     world.configure({**LIMITS, **{f"catch_up.{k}": v for k, v in limits.items()}})
     await world.add_room(ROOM)
     if history_in_db:
-        await world.store.turns.add_answered(ROOM, [("$earlier", "user", "earlier")])
+        await world.store.turns.add_answered(ROOM, [NewTurn("$earlier", "user", "earlier")])
     return backend
 
 

@@ -12,7 +12,7 @@ from plugin.conversation.context import (
     system_prompt,
     trim,
 )
-from plugin.db.rows import TurnRow
+from plugin.db.rows import NewTurn, TurnRow
 from plugin.matrix.binding import BINDING_TYPE, deterministic_chat_id
 from plugin.ops.settings import AgentSettings
 from tests.config import settings
@@ -60,7 +60,7 @@ async def test_history_is_trimmed_in_the_db_but_memory_and_prompt_are_not(world:
     await store.memory.add(room.owner, "m" * 200)
     for n in range(6):
         await store.turns.add_pending(ROOM, f"$e{n}", "user", f"message {n} " + "x" * 30)
-        await store.turns.add_answered(ROOM, [(None, "assistant", "y" * 40)])
+        await store.turns.add_answered(ROOM, [NewTurn(None, "assistant", "y" * 40)])
     request = await context.request_for(
         room, agent(limit=120), room.owner, "the newest message", "$now"
     )

@@ -218,7 +218,8 @@ async def test_an_avatar_url_is_uploaded_once(world: World, openai_server: FakeO
         first = await identity.avatar_uri(agent)
         again = await identity.avatar_uri(agent)
     assert first.startswith("mxc://") and again == first
-    assert world.fake.uploads == [AVATAR_PNG] and openai_server.avatar_downloads == 1
+    uploaded = [world.fake.media[mxc] for mxc, _, _ in world.fake.uploads]
+    assert uploaded == [AVATAR_PNG] and openai_server.avatar_downloads == 1
 
 
 def test_metrics_render_tokens_by_agent() -> None:

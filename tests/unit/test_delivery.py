@@ -17,6 +17,7 @@ import pytest
 
 from plugin.conversation.queues import RoomQueues
 from plugin.db import Store
+from plugin.db.rows import NewTurn
 from plugin.matrix.replies import STREAMING_KEY, resolve
 from tests.fakes.matrix import FakeMatrix
 from tests.fakes.world import ScriptedAgent, World, make_world, script_agent
@@ -157,7 +158,7 @@ async def test_a_start_cut_short_after_its_catch_up_loses_nothing(
     await world.add_room(room_id)
     # An exchange before: the room's context is in the DB, so no start rebuilds it.
     await store.turns.add_answered(
-        room_id, [("$before", "user", "hi"), (None, "assistant", "hello")]
+        room_id, [NewTurn("$before", "user", "hi"), NewTurn(None, "assistant", "hello")]
     )
     evt = fake.message(room_id, "first")
     await world.parts.intake.on_message(evt)

@@ -9,7 +9,7 @@ import pytest
 from mautrix.types import EncryptedEvent
 
 from plugin.conversation.undecryptable import record
-from plugin.db.rows import ANSWERED, AWAITING_KEY
+from plugin.db.rows import ANSWERED, AWAITING_KEY, NewTurn
 from plugin.matrix import encryption
 from plugin.matrix.binding import BINDING_TYPE, Binding
 from plugin.startup.catchup import CatchUpReport
@@ -194,7 +194,7 @@ async def test_an_interrupted_encrypted_reply_is_taken_over(
     backend = await prepare(world, monkeypatch)
     question = world.fake.encrypted_message(ROOM, "hello", age=100)
     cut = bot_reply(world, question.event_id, "re: he", 90, **{"org.agentspaces.streaming": 1})
-    await world.store.turns.add_answered(ROOM, [("$earlier", "user", "earlier")])
+    await world.store.turns.add_answered(ROOM, [NewTurn("$earlier", "user", "earlier")])
 
     report = await catch_up(world)
 
@@ -339,7 +339,7 @@ async def test_a_crash_while_awaiting_a_key_leaves_it_to_the_next_start(
     evt = world.fake.encrypted_message(ROOM, "awaited", session_id="slow", age=20)
     # What the live handler recorded before it waited; the cursor moved past it since.
     await record(world.store, evt, AWAITING_KEY)
-    await world.store.turns.add_answered(ROOM, [("$earlier", "user", "earlier")])
+    await world.store.turns.add_answered(ROOM, [NewTurn("$earlier", "user", "earlier")])
     later = world.fake.message(ROOM, "a notice", world.fake.mxid, msgtype="m.notice", age=10)
     await world.store.rooms.set_cursor(ROOM, later.event_id, later.timestamp)
     crypto_of(world).share("slow")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from mautrix.types import MessageEvent
 
+from plugin.db.rows import NewTurn
 from plugin.matrix.binding import BINDING_TYPE
 from tests.fakes.matrix import ALICE
 from tests.fakes.world import World
@@ -120,7 +121,7 @@ async def test_a_usage_error_is_the_whole_reply(world: World) -> None:
 
 async def test_a_homeserver_error_in_a_command_is_told_in_one_reply(world: World) -> None:
     room = await world.add_room(ROOM)
-    await world.store.turns.add_answered(ROOM, [("$e", "user", "kept")])
+    await world.store.turns.add_answered(ROOM, [NewTurn("$e", "user", "kept")])
     world.fake.fail[f"account_data:{BINDING_TYPE}"] = 2
 
     clear = await world.command(ROOM, "context clear")
