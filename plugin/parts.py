@@ -97,30 +97,12 @@ def build(
     context = ContextManager(store, bindings, ThreadRoots(encryption))
     quota = Quota(store, settings)
     refusals = Refusals(outbox, store)
-    caller = AgentCaller(http, TypingNotices(client, log), metrics, settings)
     dispatch_log = log.getChild("dispatch")
     batch = GroupCommit(store, dispatch_log)
     delivery = Delivery(batch, dispatch_log)
-    compaction = Compaction(store, context, caller, outbox, metrics, settings, dispatch_log)
     running = RunningAnswers()
-    speech = Speech(http)
-    media_in = MediaIn(Downloads(client, dispatch_log), speech, outbox, settings, dispatch_log)
-    media_out = MediaOut(media_in, caller, speech, outbox, metrics, dispatch_log)
-    turns = TurnRunner(
-        store,
-        context,
-        quota,
-        refusals,
-        delivery,
-        compaction,
-        ShowChain(),
-        running,
-        media_in,
-        media_out,
-        outbox,
-        metrics,
-        settings,
-        dispatch_log,
+    turns = _turns(
+        client, store, context, quota, refusals, delivery, running, outbox, http, metrics, settings
     )
     queues = RoomQueues(turns, dispatch_log)
     intake = Intake(
@@ -148,15 +130,19 @@ def build(
     )
     startup = Startup(reconciler, catch_up, metrics, log)
     router = CommandRouter(store, outbox, settings, log)
-    RoomCommands(onboarding, rooms).register(router)
-    ContextCommands(context, intake).register(router)
-    MemoryCommands(store).register(router)
-    _sharing(
+    sharing = _sharing(
         client, encryption, store, bindings, context, onboarding, outbox, settings, log
-    ).register(router)
-    UsageCommands(store).register(router)
-    VoiceCommands(bindings).register(router)
-    AdminCommands(startup.reports, startup.reconcile).register(router)
+    )
+    for group in (
+        RoomCommands(onboarding, rooms),
+        ContextCommands(context, intake),
+        MemoryCommands(store),
+        sharing,
+        UsageCommands(store),
+        VoiceCommands(bindings),
+        AdminCommands(startup.reports, startup.reconcile),
+    ):
+        group.register(router)
     return Parts(
         store,
         outbox,
@@ -187,3 +173,41 @@ def _sharing(
 ) -> SharingCommands:
     forks = Forks(client, encryption, store, context, onboarding, outbox, settings, log)
     return SharingCommands(Collaborators(client, bindings, settings, log), forks)
+
+
+def _turns(
+    client: MaubotMatrixClient,
+    store: Store,
+    context: ContextManager,
+    quota: Quota,
+    refusals: Refusals,
+    delivery: Delivery,
+    running: RunningAnswers,
+    outbox: Outbox,
+    http: aiohttp.ClientSession,
+    metrics: Metrics,
+    settings: Callable[[], Settings],
+) -> TurnRunner:
+    """The turn and what it calls: the agent, compaction, and the media on both sides."""
+    log = delivery.log
+    caller = AgentCaller(http, TypingNotices(client, log), metrics, settings)
+    compaction = Compaction(store, context, caller, outbox, metrics, log)
+    speech = Speech(http)
+    media_in = MediaIn(Downloads(client, log), speech, outbox, settings, log)
+    media_out = MediaOut(media_in, caller, speech, outbox, metrics, log)
+    return TurnRunner(
+        store,
+        context,
+        quota,
+        refusals,
+        delivery,
+        compaction,
+        ShowChain(log),
+        running,
+        media_in,
+        media_out,
+        outbox,
+        metrics,
+        settings,
+        log,
+    )

@@ -45,6 +45,20 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.e2e)
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    """A failed end-to-end test shows the tail of maubot's log: the plugin's side of it."""
+    outcome = yield
+    report = outcome.get_result()
+    if not report.failed:
+        return
+    for name in ("maubot_server", "old_maubot_server"):
+        server = getattr(item, "funcargs", {}).get(name)
+        if isinstance(server, MaubotServer):
+            lines = server.log_text().splitlines()[-120:]
+            report.sections.append((f"{name} log (last 120 lines)", "\n".join(lines)))
+
+
 # PostgreSQL
 
 

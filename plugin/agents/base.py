@@ -147,6 +147,20 @@ class BackendRateLimited(BackendError):
         return "it is rate limited (HTTP 429) and still refused after waiting"
 
 
+class BackendRejected(BackendError):
+    """The agent's server refused the request (a 4xx other than 429): a wrong key, URL or
+    model, which the operator fixes in the config."""
+
+    kind = "rejected"
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"HTTP {status}")
+        self.status = status
+
+    def describe(self) -> str:
+        return f"its server refused the request (HTTP {self.status})"
+
+
 class BackendBadResponse(BackendError):
     kind = "bad_response"
 
@@ -217,7 +231,7 @@ async def post_json(
             await asyncio.sleep(SERVER_ERROR_BACKOFF[server_retries])
             server_retries += 1
         else:
-            raise BackendBadResponse(f"HTTP {resp.status}")
+            raise BackendRejected(resp.status)
 
 
 def is_event_stream(resp: aiohttp.ClientResponse) -> bool:

@@ -23,7 +23,9 @@ class MemoryCommands:
             raise UsageError(f"Say what to remember: `!{prefix} remember I prefer short answers`.")
         longest = inv.settings.memory_entry_chars
         if len(text) > longest:
-            raise UsageError(f"That entry is {len(text)} characters long; keep it under {longest}.")
+            raise UsageError(
+                f"That entry is {len(text)} characters long; keep it to {longest} at most."
+            )
         count = len(await self.store.memory.of_user(inv.sender))
         if count >= inv.settings.memory_entries:
             raise UsageError(

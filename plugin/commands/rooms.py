@@ -38,7 +38,7 @@ def _agent(settings: Settings, word: str, usage: str) -> AgentSettings:
 def _title(settings: Settings, text: str, usage: str) -> str:
     title = " ".join(text.split())
     if len(title) > MAX_TITLE:
-        raise UsageError(f"That title is too long: keep it under {MAX_TITLE} characters.")
+        raise UsageError(f"That title is too long: keep it to {MAX_TITLE} characters at most.")
     if not title and usage:
         raise UsageError(f"Give the new title: `!{settings.command_prefix} {usage}`.")
     return title

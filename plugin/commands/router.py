@@ -131,7 +131,10 @@ class CommandRouter:
             return str(e)
         except MatrixError as e:
             self.log.warning(f"`{spec.name}` in {inv.evt.room_id} failed in Matrix: {e}")
-            return f"The homeserver refused that ({e}). Nothing was changed; try again later."
+            return (
+                f"The homeserver refused that ({e}), so it may be done only in part. Send it "
+                "again later to finish."
+            )
 
     async def _reply(self, evt: MessageEvent, text: str) -> None:
         try:

@@ -42,7 +42,8 @@ class Limiter:
     async def __aexit__(self, *_: object) -> None:
         async with self._changed:
             self._active -= 1
-            self._changed.notify()
+            # All: a limit raised meanwhile may let more than one waiter in.
+            self._changed.notify_all()
 
 
 # The most files one answer may carry.

@@ -3,10 +3,10 @@ summary opens a new one."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from logging import Logger
 
 from attrs import define
+from mautrix.errors import MatrixError
 
 from ..agents.base import BackendError
 from ..db import Store
@@ -35,7 +35,6 @@ class Compaction:
     caller: AgentCaller
     outbox: Outbox
     metrics: Metrics
-    settings: Callable[[], Settings]
     log: Logger
 
     async def run(self, job: Job, room: RoomRow, settings: Settings) -> None:
@@ -60,8 +59,12 @@ class Compaction:
             )
             return
         chat_id = await self.context.start_new(room, job.event.event_id, summary, job.thread)
-        await self.outbox.reply(
-            target,
-            f"Context compacted: {len(turns)} turns became this summary, the first turn of a new "
-            f"context (chat `{chat_id[:8]}`).\n\n{summary}",
-        )
+        try:
+            await self.outbox.reply(
+                target,
+                f"Context compacted: {len(turns)} turns became this summary, the first turn of a "
+                f"new context (chat `{chat_id[:8]}`).\n\n{summary}",
+            )
+        except MatrixError as e:
+            # Done already: a Matrix error here must not make the turn compact the summary.
+            self.log.warning(f"Compacted {room.room_id}, but could not say so: {e}")

@@ -13,7 +13,7 @@ import asyncio
 import json
 from logging import Logger
 
-from attrs import define
+from attrs import define, field
 from mautrix.types import MessageEvent
 
 from ..db import Store
@@ -29,9 +29,35 @@ from .quota import today
 class Delivery:
     batch: GroupCommit
     log: Logger
+    # The cursor may move past what arrives live only in a room whose catch-up is done: in the
+    # others, messages sent while the bot was down (never recorded) lie behind it, and the next
+    # start finds them by walking back to the cursor.
+    _caught_up: set[str] = field(init=False, factory=set)
+    # Rooms whose catch-up failed; and whether the catch-up still runs (until then, only the
+    # rooms in `_caught_up` are done).
+    _behind: set[str] = field(init=False, factory=set)
+    _catching_up: bool = field(init=False, default=True)
 
-    def received(self, evt: MessageEvent, move_cursor: bool) -> None:
+    def catch_up_started(self) -> None:
+        self._catching_up = True
+        self._caught_up.clear()
+        self._behind.clear()
+
+    def caught_up(self, room_id: str, done: bool) -> None:
+        (self._caught_up if done else self._behind).add(room_id)
+
+    def catch_up_ended(self) -> None:
+        """Every room the catch-up did not fail in is caught up, rooms made since included."""
+        self._catching_up = False
+
+    def moves_cursor(self, room_id: str) -> bool:
+        if room_id in self._behind:
+            return False
+        return not self._catching_up or room_id in self._caught_up
+
+    def received(self, evt: MessageEvent) -> None:
         content = json.dumps(evt.content.serialize())
+        move_cursor = self.moves_cursor(evt.room_id)
 
         async def write(tx: Store) -> None:
             added = await tx.messages.add(
@@ -73,7 +99,8 @@ class Delivery:
                     room.room_id, event_id, job.text, True, job.thread, job.sender, files
                 )
                 await tx.messages.set_state(event_id, ANSWERED)
-                await tx.rooms.set_cursor(room.room_id, newest_event, now_ms())
+                if self.moves_cursor(room.room_id):
+                    await tx.rooms.set_cursor(room.room_id, newest_event, now_ms())
             elif job.turn_id is not None:
                 await tx.turns.set_answered(job.turn_id, True)
                 # A retry's or regeneration's text and files, as they were sent this time.

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from logging import Logger
 
 from attrs import define, field
+from mautrix.errors import MatrixError
 from mautrix.types import MessageEvent, MessageType
 
 from ..db import Store
@@ -93,10 +94,11 @@ class Intake:
     _running: bool = field(init=False, default=False)
     # Rooms whose catch-up is done in this run: only there does a live message move the
     # room's cursor, since before it the catch-up still has to read back to the cursor.
-    _caught_up: set[str] = field(init=False, factory=set)
 
     def start(self) -> None:
+        """The plugin starts: messages are answered, and the catch-up is yet to end."""
         self._running = True
+        self.delivery.catch_up_started()
 
     async def stop(self) -> None:
         """Stops the queues, and writes down what arrived. What was not answered is answered at
@@ -105,8 +107,12 @@ class Intake:
         await self.queues.stop()
         await self.delivery.drain()
 
-    def caught_up(self, room_id: str) -> None:
-        self._caught_up.add(room_id)
+    def caught_up(self, room_id: str, done: bool = True) -> None:
+        """The catch-up of a room is over: done, or failed (the next start does it)."""
+        self.delivery.caught_up(room_id, done)
+
+    def catch_up_ended(self) -> None:
+        self.delivery.catch_up_ended()
 
     async def on_message(self, evt: MessageEvent) -> None:
         """The live handler: records and queues the owner's messages in working rooms."""
@@ -125,7 +131,7 @@ class Intake:
                 return
             if not self.queues.claim(evt.event_id):
                 return
-            self.delivery.received(evt, move_cursor=evt.room_id in self._caught_up)
+            self.delivery.received(evt)
             self.metrics.message_in()
             if not self._running:
                 # Stopping: recorded only, and answered at the next start.
@@ -139,14 +145,19 @@ class Intake:
 
     async def _refuse_pending(self, evt: MessageEvent, limit: int) -> None:
         job = job_of(evt)
-        await self.refusals.refuse(
-            ReplyTarget.of(evt),
-            "pending",
-            lambda n: (
-                f"{limit} messages here are still waiting for an answer, so "
-                f"{these(n)} did not go to the agent. Send it again once the answers arrived."
-            ),
-        )
+        try:
+            await self.refusals.refuse(
+                ReplyTarget.of(evt),
+                "pending",
+                lambda n: (
+                    f"{limit} messages here are still waiting for an answer, so {these(n)} "
+                    "did not go to the agent. Send it again once the answers arrived."
+                ),
+            )
+        except MatrixError as e:
+            # Recorded and not settled: the next start answers it.
+            self.log.warning(f"Could not refuse {evt.event_id} in {evt.room_id}: {e}")
+            return
         await self.delivery.settled(job)
 
     async def retry(self, room: RoomRow, evt: MessageEvent) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Hashable
+from logging import Logger
 
 from attrs import define, field
 
@@ -18,50 +19,53 @@ from ..agents.base import Turn
 
 @define(eq=False)
 class ShowChain:
+    log: Logger
     # Keyed by conversation (a room's main timeline, or a thread: see `queues.Job.key`).
     # conversation -> the task showing its latest answer (each waits for the one before).
     _last: dict[Hashable, asyncio.Task[None]] = field(factory=dict)
     # conversation -> the exchanges that are answered but not written down yet, oldest first.
     _inflight: dict[Hashable, list[Turn]] = field(factory=dict)
 
-    def last(self, room_id: Hashable) -> asyncio.Task[None] | None:
-        """What the room's next answer waits for before it shows anything."""
-        return self._last.get(room_id)
+    def last(self, key: Hashable) -> asyncio.Task[None] | None:
+        """What the conversation's next answer waits for before it shows anything."""
+        return self._last.get(key)
 
-    def pending_turns(self, room_id: Hashable) -> list[Turn]:
-        return list(self._inflight.get(room_id, ()))
+    def pending_turns(self, key: Hashable) -> list[Turn]:
+        return list(self._inflight.get(key, ()))
 
-    def then(
-        self, room_id: Hashable, show: Callable[[], Awaitable[None]], turns: list[Turn]
-    ) -> None:
-        """Shows an answer after the room's previous one; its turns count as the room's
-        context until it is written down."""
-        previous = self._last.get(room_id)
-        self._inflight.setdefault(room_id, []).extend(turns)
+    def then(self, key: Hashable, show: Callable[[], Awaitable[None]], turns: list[Turn]) -> None:
+        """Shows an answer after the conversation's previous one; its turns count as its context
+        until it is written down."""
+        previous = self._last.get(key)
+        self._inflight.setdefault(key, []).extend(turns)
 
         async def chained() -> None:
             try:
                 if previous is not None:
                     await asyncio.gather(previous, return_exceptions=True)
                 await show()
+            except Exception:
+                # Nobody awaits the last show: its failure is told here, and the message stays
+                # recorded as not answered, for the next start.
+                self.log.exception(f"Showing an answer in {key} failed")
             finally:
-                inflight = self._inflight.get(room_id, [])
+                inflight = self._inflight.get(key, [])
                 for turn in turns:
                     inflight.remove(turn)
                 if not inflight:
-                    self._inflight.pop(room_id, None)
-                if self._last.get(room_id) is task:
-                    del self._last[room_id]
+                    self._inflight.pop(key, None)
+                if self._last.get(key) is task:
+                    del self._last[key]
 
         task = asyncio.create_task(chained())
-        self._last[room_id] = task
+        self._last[key] = task
 
     def busy(self) -> bool:
         return bool(self._last)
 
-    async def settle(self, room_id: Hashable) -> None:
-        """Waits until every answer of the room is shown and written down."""
-        last = self._last.get(room_id)
+    async def settle(self, key: Hashable) -> None:
+        """Waits until every answer of the conversation is shown and written down."""
+        last = self._last.get(key)
         if last is not None:
             await asyncio.gather(last, return_exceptions=True)
 

@@ -83,6 +83,8 @@ class RoomQueues:
     _queues: dict[Key, deque[Job]] = field(init=False, factory=dict)
     _workers: dict[Key, asyncio.Task[None]] = field(init=False, factory=dict)
     _holding: bool = field(init=False, default=False)
+    # After `stop`, what is still queued (a late handler's job) waits for the next start.
+    _stopped: bool = field(init=False, default=False)
     _released: set[str] = field(init=False, factory=set)
     _claimed: dict[str, None] = field(init=False, factory=dict)
 
@@ -156,6 +158,7 @@ class RoomQueues:
     async def stop(self) -> None:
         """Cancels the workers. What was not answered stays in the delivery state, for the next
         start."""
+        self._stopped = True
         workers = list(self._workers.values())
         for task in workers:
             task.cancel()
@@ -165,6 +168,8 @@ class RoomQueues:
 
     def _wake(self, key: Key) -> None:
         held = self._holding and key[0] not in self._released
+        if self._stopped:
+            return
         if key in self._queues and key not in self._workers and not held:
             self._workers[key] = asyncio.create_task(self._drain(key))
 

@@ -12,6 +12,7 @@ from logging import Logger
 import aiohttp
 from attrs import define
 from maubot.matrix import MaubotMatrixClient
+from mautrix.errors import MatrixError
 from mautrix.types import ReactionEvent
 
 from ..agents.base import BackendError
@@ -79,7 +80,11 @@ class Reactions:
     async def _regenerate(self, room: RoomRow, target: str) -> None:
         if any(job.resume and target in job.resume for job in self.queues.pending(room.room_id)):
             return
-        job = await regeneration(self.encryption, self.store, room, target)
+        try:
+            job = await regeneration(self.encryption, self.store, room, target)
+        except MatrixError as e:
+            self.log.warning(f"Not regenerating {target} in {room.room_id}: {e}")
+            return
         if job is None:
             self.log.info(f"Not regenerating {target} in {room.room_id}: not an answer in context")
             return

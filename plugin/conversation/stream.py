@@ -54,11 +54,11 @@ class ReplyStream:
         self.last_sent = 0.0
         self._wake = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
+        # The flusher's current show. Stopping the flusher lets it finish: cancelled mid-send,
+        # a new message would reach the room without its event id reaching the stream, and the
+        # final show would post the answer a second time instead of editing it.
+        self._showing: asyncio.Future[None] | None = None
         self._error: BaseException | None = None
-
-    @property
-    def text(self) -> str:
-        return "".join(part.text for part in self.parts)
 
     def part_ids(self) -> list[str]:
         """The events of this reply in Matrix, in order: what another try takes over."""
@@ -121,8 +121,15 @@ class ReplyStream:
             self._flusher.cancel()
             await asyncio.gather(self._flusher, return_exceptions=True)
             self._flusher = None
+        if self._showing is not None:
+            (outcome,) = await asyncio.gather(self._showing, return_exceptions=True)
+            self._showing = None
+            if isinstance(outcome, Exception) and self._error is None:
+                self._error = outcome
         if self._error is not None:
-            raise self._error
+            # Raised once: another try at showing the answer starts from a working stream.
+            error, self._error = self._error, None
+            raise error
 
     async def _wait_for_previous(self) -> None:
         if self._after is not None:
@@ -138,7 +145,8 @@ class ReplyStream:
                 wait = self.interval - (time.monotonic() - max(self.last_sent, self.started))
                 if wait > 0:
                     await asyncio.sleep(wait)
-                await self._show_streaming()
+                self._showing = asyncio.ensure_future(self._show_streaming())
+                await asyncio.shield(self._showing)
         except asyncio.CancelledError:
             raise
         except Exception as e:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from contextlib import suppress
 from functools import partial
 from logging import Logger
 
@@ -90,8 +91,8 @@ class TurnRunner:
         try:
             await self.outbox.reply(
                 ReplyTarget.of(job.event),
-                f"⚠️ The homeserver failed, so this did not finish ({error}). Nothing was "
-                "changed; send the command again later.",
+                f"⚠️ The homeserver failed, so this did not finish ({error}). Send the command "
+                "again later.",
             )
         except MatrixError as e:
             self.log.warning(f"Could not tell {job.room_id} either: {e}")
@@ -105,7 +106,12 @@ class TurnRunner:
                 f"⚠️ Something went wrong while handling this. Your message is kept; send "
                 f"`!{prefix} retry` to try again.",
             )
-            await self.delivery.settled(job)
+            room = await self.store.rooms.get(job.room_id)
+            if room is None:
+                await self.delivery.settled(job)
+            else:
+                # Kept in the context unanswered, as the notice says: `retry` answers it.
+                await self.delivery.kept(job, room)
         except Exception as e:
             self.log.warning(f"Could not tell {job.room_id} about the failure: {e}")
 
@@ -222,6 +228,9 @@ class TurnRunner:
                 answer = await self.media_out.answer(
                     job, agent, request, room, settings, stream, control
                 )
+            if control.stopped:
+                answer.text += STOPPED_NOTE
+                stream.add(STOPPED_NOTE)
         except (BackendError, MediaProblem) as e:
             if isinstance(e, BackendError):
                 agent_failed(self.metrics, self.log, agent, room.room_id, e)
@@ -231,11 +240,10 @@ class TurnRunner:
         except BaseException:
             # A Matrix failure, or a stop: what was shown is taken over by the next try.
             job.resume = stream.part_ids()
-            await stream.close()
+            # The stream's own Matrix error is the one raised here already, or moot in a stop.
+            with suppress(MatrixError):
+                await stream.close()
             raise
-        if control.stopped:
-            answer.text += STOPPED_NOTE
-            stream.add(STOPPED_NOTE)
         tokens = used_tokens(control, answer.tokens, answer.text)
         self.metrics.tokens(agent.id, tokens)
         asked = Turn(USER, job.text, job.sender, tuple(job.attachments))

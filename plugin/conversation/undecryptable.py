@@ -27,10 +27,10 @@ from ..db import Store
 from ..db.rows import ACTIVE, ANSWERED, AWAITING_KEY, RECEIVED, RoomRow
 from ..matrix.encryption import Encryption, is_aside
 from ..matrix.replies import ReplyTarget, Timeline
-from ..ops import access
 from ..ops.locks import KeyedLocks
 from ..ops.metrics import Metrics
 from ..ops.settings import Settings
+from .group import may_talk
 from .intake import Intake, is_agent_message
 from .refusals import Refusals
 
@@ -45,7 +45,7 @@ def for_agent(evt: EncryptedEvent, room: RoomRow, settings: Settings) -> bool:
     """What `intake.is_agent_message` would decide, as far as it can be told without the text."""
     if is_aside(evt) or room.state != ACTIVE:
         return False
-    return access.may_act_in_room(settings, room.owner, evt.sender)
+    return may_talk(settings, room, evt.sender)
 
 
 def wording(crypto: bool) -> Callable[[int], str]:

@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from mautrix.util.async_db import Database
 
-from .cache import RowCache
+from .cache import RowCache, TransactionCache
 from .rows import MemoryRow, RoomRow
 from .tables import (
     AgentUsageTable,
@@ -53,27 +53,35 @@ class Store:
             yield self
             return
         interrupted: BaseException | None = None
-        async with self.db.acquire() as conn:
-            try:
-                async with conn.transaction():
-                    try:
-                        yield Store(conn, self.caches)
-                    except (Exception, GeneratorExit):
-                        raise
-                    except BaseException as e:
-                        # mautrix rolls back on an Exception only: a cancellation (a stop, a
-                        # timeout) would leave SQLite's one connection inside the transaction.
-                        interrupted = e
-                        raise _RollBack() from e
-            except _RollBack:
-                assert interrupted is not None
-                raise interrupted from None
+        rooms = TransactionCache(self.caches.rooms)
+        memories = TransactionCache(self.caches.memories)
+        with rooms.open(), memories.open():
+            async with self.db.acquire() as conn:
+                try:
+                    async with conn.transaction():
+                        try:
+                            yield Store(conn, _Caches(rooms, memories))
+                        except (Exception, GeneratorExit):
+                            raise
+                        except BaseException as e:
+                            # mautrix rolls back on an Exception only: a cancellation (a stop,
+                            # a timeout) would leave SQLite's one connection inside the
+                            # transaction.
+                            interrupted = e
+                            raise _RollBack() from e
+                except _RollBack:
+                    assert interrupted is not None
+                    raise interrupted from None
 
 
 class _Caches:
-    def __init__(self) -> None:
-        self.rooms: RowCache[RoomRow | None] = RowCache(CACHED_ROOMS)
-        self.memories: RowCache[list[MemoryRow]] = RowCache(CACHED_MEMORIES)
+    def __init__(
+        self,
+        rooms: RowCache[RoomRow | None] | None = None,
+        memories: RowCache[list[MemoryRow]] | None = None,
+    ) -> None:
+        self.rooms = rooms if rooms is not None else RowCache(CACHED_ROOMS)
+        self.memories = memories if memories is not None else RowCache(CACHED_MEMORIES)
 
 
 class _RollBack(Exception):

@@ -22,7 +22,7 @@ CREATOR_POWER_VERSION = "12"
 class RoomCreator:
     def __init__(self, client: MaubotMatrixClient) -> None:
         self.client = client
-        # Asked once per start: whether the homeserver offers room version 12.
+        # Whether the homeserver offers room version 12: asked until it answers, then kept.
         self._offers_v12: bool | None = None
 
     async def create(self, power_levels: dict[str, Any], **options: Any) -> str:

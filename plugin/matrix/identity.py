@@ -62,8 +62,13 @@ class AgentIdentity:
         async with self.http.get(url) as resp:
             if resp.status >= 300:
                 raise ValueError(f"HTTP {resp.status}")
-            data = await resp.content.read(MAX_AVATAR_BYTES + 1)
+            data = bytearray()
+            # `read(n)` gives what is buffered; the whole body takes a loop.
+            async for chunk in resp.content.iter_chunked(64 * 1024):
+                data += chunk
+                if len(data) > MAX_AVATAR_BYTES:
+                    break
             mime = resp.content_type or "application/octet-stream"
         if len(data) > MAX_AVATAR_BYTES:
             raise ValueError(f"the image is larger than {MAX_AVATAR_BYTES} bytes")
-        return str(await self.client.upload_media(data, mime_type=mime))
+        return str(await self.client.upload_media(bytes(data), mime_type=mime))

@@ -48,8 +48,7 @@ class SpaceLinks:
     async def unlink_child(self, space_id: str, room_id: str) -> None:
         await self.outbox.state(space_id, CHILD, {}, room_id)
 
-    async def unlink(self, space_id: str, room_id: str) -> None:
-        await self.unlink_child(space_id, room_id)
+    async def unlink_parent(self, room_id: str, space_id: str) -> None:
         await self.outbox.state(room_id, PARENT, {}, space_id)
 
 

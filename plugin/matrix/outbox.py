@@ -120,13 +120,14 @@ class Outbox:
         size = len(json.dumps(content))
         if size > MAX_CONTENT_BYTES:
             raise EventTooLarge(f"{size} bytes of content for {room_id}")
-        plain_type = event_type
+        # Counted from the plain content: encrypted, an edit looks like any message.
+        counts = event_type == MESSAGE and "m.new_content" not in content
         if event_type != REACTION and await self._encrypted(room_id):
             encrypted = await self.client.encrypt(room_id, EventType.find(event_type), content)
             content, event_type = _serialize(encrypted), str(EventType.ROOM_ENCRYPTED)
         path = Path.v3.rooms[room_id].send[event_type][self.client.api.get_txn_id()]
         event_id = (await self._request(Method.PUT, path, content, room_id))["event_id"]
-        if plain_type == MESSAGE and "m.new_content" not in content:
+        if counts:
             self.metrics.message_out()
         return event_id
 

@@ -26,9 +26,9 @@ async def walk_back(
     since_ts: int,
     max_events: int,
 ) -> list[dict[str, Any]]:
-    """Messages, oldest first, from the newest back to the first of `stop_at` (excluded), and
-    on past it to `since_ts` when that is older; without `stop_at`, back to `since_ts` (0: as
-    far as `max_events`)."""
+    """Messages, oldest first, from the newest back to the first of `stop_at` (excluded, unless
+    the walk goes on past it to `since_ts` when that is older); without `stop_at`, back to
+    `since_ts` (0: as far as `max_events`)."""
     collected: list[dict[str, Any]] = []
     reached = not stop_at
     token: str | None = None

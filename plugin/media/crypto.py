@@ -22,10 +22,6 @@ class CryptoUnavailable(RuntimeError):
     """This maubot has no encryption packages, so it cannot handle encrypted files."""
 
 
-def available() -> bool:
-    return decrypt_attachment is not None
-
-
 def decrypt_in_place(data: bytearray, file: dict[str, Any]) -> None:
     """Decrypts a downloaded EncryptedFile; raises ValueError if it is not what it claims."""
     if decrypt_attachment is None:

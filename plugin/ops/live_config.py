@@ -84,6 +84,8 @@ class LiveConfig:
                 self.log.error("The last valid config kept in the database is not valid now")
             else:
                 what = "Invalid config at start; running on the last valid config instead"
+                # A rejected change later goes back to this one, the config the bot runs on.
+                self._valid_data = json.loads(saved)
                 self._report(what, problems)
                 self.status = f"{what} (fix the config in the admin UI)"
                 return settings

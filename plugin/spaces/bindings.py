@@ -10,12 +10,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import attrs
-from attrs import define
+from attrs import define, field
 
 from ..db import Store
 from ..db.rows import RoomRow
 from ..matrix.binding import Binding
 from ..matrix.record import MatrixRecord
+from ..ops.locks import KeyedLocks
 
 # Further DB writes that belong with the change, run in its transaction.
 AlsoInDb = Callable[[Store], Awaitable[None]]
@@ -26,6 +27,9 @@ MatrixSteps = Callable[[], Awaitable[None]]
 class Bindings:
     record: MatrixRecord
     store: Store
+    # One change at a time per room, each on the binding as the one before left it: a change
+    # made from a row read long ago (a compaction waits for its agent) keeps the others.
+    _locks: KeyedLocks = field(init=False, factory=KeyedLocks)
 
     async def create(self, room: RoomRow, then_in_matrix: MatrixSteps | None = None) -> None:
         """Binds a new room: its account data, the further Matrix steps, then its row."""
@@ -36,10 +40,12 @@ class Bindings:
 
     async def change(self, room: RoomRow, also: AlsoInDb | None = None, **fields: Any) -> RoomRow:
         """Changes binding fields of a room and returns its updated row."""
-        binding: Binding = attrs.evolve(room.binding, **fields)
-        await self.record.write_binding(room.room_id, binding)
-        async with self.store.transaction() as tx:
-            await tx.rooms.set_binding(room.room_id, binding)
-            if also is not None:
-                await also(tx)
-        return room.with_binding(binding)
+        async with self._locks.hold(room.room_id):
+            room = await self.store.rooms.get(room.room_id) or room
+            binding: Binding = attrs.evolve(room.binding, **fields)
+            await self.record.write_binding(room.room_id, binding)
+            async with self.store.transaction() as tx:
+                await tx.rooms.set_binding(room.room_id, binding)
+                if also is not None:
+                    await also(tx)
+            return room.with_binding(binding)

@@ -14,7 +14,8 @@ from logging import Logger
 
 from attrs import define
 from maubot.matrix import MaubotMatrixClient
-from mautrix.errors import MatrixError
+from mautrix.errors import MatrixError, MNotFound
+from mautrix.types import EventType, Membership
 
 from ..db.rows import RoomRow
 from ..errors import UsageError
@@ -24,6 +25,8 @@ from .bindings import Bindings
 
 # Collaborators one room may have: the binding lives in one account data event.
 MAX_COLLABORATORS = 50
+# In the room or invited to it: an invite would change nothing.
+_PRESENT = (Membership.JOIN, Membership.INVITE)
 _USER_ID = re.compile(r"^@[^:\s]+:[^\s]+$")
 
 
@@ -59,16 +62,22 @@ class Collaborators:
                 )
             collaborators = tuple(sorted({*room.collaborators, user_id}))
             room = await self.bindings.change(room, collaborators=collaborators)
-        # Invited after the binding: a failed invite is repeated by the same command.
-        try:
+        # Invited after the binding: a failed invite (the router tells it) is repeated by the
+        # same command.
+        if await self._membership(room.room_id, user_id) not in _PRESENT:
             await self.client.invite_user(room.room_id, user_id)
-        except MatrixError as e:
-            # Already in the room (or invited): nothing more to do.
-            self.log.info(f"Inviting {user_id} to {room.room_id}: {e}")
-        return (
-            f"{user_id} is a collaborator here now. In a shared room I answer when I am "
-            f"mentioned or replied to."
-        )
+        if self.settings().group_trigger == "all":
+            how = "I answer every message in it"
+        else:
+            how = "I answer when I am mentioned or replied to"
+        return f"{user_id} is a collaborator here now. This room is shared: {how}."
+
+    async def _membership(self, room_id: str, user_id: str) -> Membership | None:
+        try:
+            member = await self.client.get_state_event(room_id, EventType.ROOM_MEMBER, user_id)
+        except MNotFound:
+            return None
+        return member.membership
 
     async def remove(self, room: RoomRow, user_id: str) -> str:
         user_id = self._checked(room, user_id, "remove")

@@ -58,8 +58,9 @@ class Forks:
         prefix = settings.command_prefix
         target = evt.content.get_reply_to() if hasattr(evt.content, "get_reply_to") else None
         thread = thread_of(evt, settings)
-        if thread and target == thread and evt.content.relates_to.is_falling_back:
-            # A thread's fallback reply points at its root, not at a message the user chose.
+        if thread and evt.content.relates_to.is_falling_back:
+            # A thread's fallback reply (for clients without threads) points at the thread's
+            # latest message, not at one the user chose.
             target = None
         if not target:
             raise UsageError(

@@ -61,7 +61,7 @@ class Onboarding:
                 result.space_id = await self._ensure_space(user_id, result)
             except MatrixError as e:
                 self.log.warning(f"Could not set up the Space of {user_id}: {e}")
-                result.problems.append(f"creating your Space failed ({_error_text(e)})")
+                result.problems.append(f"setting up your Space failed ({_error_text(e)})")
                 return result
             await self._ensure_rooms(user_id, result.space_id, result)
         return result
@@ -122,11 +122,12 @@ class Onboarding:
         fork: tuple[str, str] | None = None,
     ) -> RoomRow:
         limit = self.settings().rooms_per_user
-        if await self.store.rooms.count_of_owner(owner) >= limit:
+        count = await self.store.rooms.count_of_owner(owner)
+        if count >= limit:
             prefix = self.settings().command_prefix
             raise UsageError(
-                f"You have {limit} working rooms, the most one user may have here. Archive one "
-                f"with `!{prefix} archive` in it, then open a new one."
+                f"You have {count} working rooms, and one user may have {limit} here. Archive "
+                f"one with `!{prefix} archive` in it, then open a new one."
             )
         space_id = await self.ensure_space(owner)
         return await self.rooms.create(owner, space_id, agent_id, title, fork)

@@ -12,7 +12,7 @@ from typing import Any
 
 from attrs import define
 from maubot.matrix import MaubotMatrixClient
-from mautrix.errors import MatrixError
+from mautrix.errors import MatrixError, MForbidden
 from mautrix.types import EventType, RoomCreatePreset
 
 from ..db import Store
@@ -148,7 +148,13 @@ class WorkingRooms:
     async def archive(self, room: RoomRow, farewell: str | None = None) -> None:
         """Unlinks the room from the Space and leaves it. The owner keeps the history."""
         if room.space_id is not None:
-            await self.links.unlink(room.space_id, room.room_id)
+            try:
+                await self.links.unlink_child(room.space_id, room.room_id)
+            except MForbidden as e:
+                # The bot is no longer in that Space (the owner got a new one): the room's side
+                # of the link is all that is left to remove.
+                self.log.info(f"Could not unlink {room.room_id} from {room.space_id}: {e}")
+            await self.links.unlink_parent(room.room_id, room.space_id)
         if farewell:
             await self.outbox.notice(room.room_id, farewell)
         try:

@@ -113,6 +113,18 @@ class CatchUp:
 
     async def run(self) -> CatchUpReport:
         report = CatchUpReport()
+        try:
+            await self._run(report)
+        finally:
+            # Even a catch-up that failed (the homeserver down at start) must not keep holding
+            # the live messages. The cursors stay where they are in the rooms it did not
+            # reach, so that the next start walks back over what was sent while the bot was
+            # down there.
+            self.queues.release_all()
+        self.log.info(report.summary())
+        return report
+
+    async def _run(self, report: CatchUpReport) -> None:
         rooms = await self.store.rooms.active()
         pending: dict[str, list[MessageRow]] = {}
         for row in await self.store.messages.unanswered():
@@ -124,6 +136,7 @@ class CatchUp:
         async def one(room: RoomRow) -> None:
             newest = latest.get(room.room_id)
             rebuild = newest is not None and room.room_id not in with_history
+            done = False
             try:
                 if pending.get(room.room_id) or rebuild or newest not in (None, room.last_event_id):
                     async with semaphore:
@@ -131,23 +144,19 @@ class CatchUp:
                         await self.catch_up_room(
                             room, pending.get(room.room_id, []), rebuild, report
                         )
+                done = True
             except Exception:
                 report.errors += 1
                 self.log.exception(f"Catch-up failed in {room.room_id}")
             finally:
-                self.intake.caught_up(room.room_id)
+                self.intake.caught_up(room.room_id, done)
                 self.queues.release(room.room_id)
 
-        try:
-            await asyncio.gather(*(one(room) for room in rooms))
-            await self._settle_orphans(pending, {room.room_id for room in rooms})
-            settings = self.settings()
-            keep = max(KEEP_ANSWERED_MS, int(2 * settings.catch_up_max_age * 1000))
-            await self.store.messages.prune(now_ms() - keep)
-        finally:
-            self.queues.release_all()
-        self.log.info(report.summary())
-        return report
+        await asyncio.gather(*(one(room) for room in rooms))
+        self.intake.catch_up_ended()
+        await self._settle_orphans(pending, {room.room_id for room in rooms})
+        keep = max(KEEP_ANSWERED_MS, int(2 * self.settings().catch_up_max_age * 1000))
+        await self.store.messages.prune(now_ms() - keep)
 
     async def _latest_events(self) -> dict[str, str]:
         """The id of the newest message of every joined room, in one request."""
@@ -226,8 +235,9 @@ class CatchUp:
 
         async def record_found(tx: Store) -> None:
             for evt in to_record:
+                # A skipped one too: it is answered once its notice is sent, not before.
                 waiting = AWAITING_KEY if isinstance(evt, EncryptedEvent) else RECEIVED
-                await record(tx, evt, ANSWERED if evt in skipped else waiting)
+                await record(tx, evt, waiting)
 
         await self.batch.write(record_found)
         if skipped:

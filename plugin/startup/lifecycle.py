@@ -46,9 +46,11 @@ class Startup:
         self._catch_up_task = asyncio.create_task(self._catch_up())
 
     async def stop(self) -> None:
-        for task in (self._reconcile_task, self._catch_up_task):
-            if task is not None and not task.done():
-                task.cancel()
+        tasks = [t for t in (self._reconcile_task, self._catch_up_task) if t is not None]
+        for task in tasks:
+            task.cancel()
+        # Awaited, so that nothing of theirs queues work after the queues stop.
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def reconcile(self) -> ReconcileReport | None:
         try:

@@ -179,6 +179,10 @@ class Reconciler:
 
     async def _follow(self, new_room: str, binding: Binding, plan: Plan) -> None:
         """Follows a tombstone when the bot can join the replacement room."""
+        if await self.record.read_binding(new_room) is not None:
+            # Followed before (the database was wiped since): the replacement room is bound and
+            # may have changed since; the rebuild reads it like any other room.
+            return
         await self.client.join_room_by_id(new_room)
         await self.record.write_binding(new_room, binding)
         try:

@@ -458,9 +458,12 @@ class FakeMatrix:
     async def get_state_event(self, room_id: str, type: EventType, state_key: str = "") -> Any:
         room = self.rooms.get(room_id)
         if type == EventType.ROOM_MEMBER:
-            membership = room.members.get(state_key) if room else None
+            if room is None:
+                raise MForbidden(403, "You don't have permission to access that room.")
+            membership = room.members.get(state_key)
             if membership is None:
-                raise MForbidden(403, "unknown")
+                # As Synapse answers for someone who was never in the room.
+                raise MNotFound(404, "Event not found.")
             return Member(membership=Membership(membership))
         content = room.state.get((str(type), state_key)) if room else None
         if content is None:

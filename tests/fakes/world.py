@@ -203,6 +203,8 @@ def make_world(
         logging.getLogger("test"),
     )
     built.intake.start()
+    # As after a start whose catch-up found nothing to do (tests run theirs when they need one).
+    built.intake.catch_up_ended()
 
     async def deliver(event: Event) -> None:
         # Where the client's own dispatch leads in the plugin: its message handler.

@@ -48,8 +48,11 @@ async def onboard(user: MatrixUser, bot: Deployment, timeout: float = 30) -> Onb
     reply = await user.ask(control, "!ai start", bot.bot_id, timeout=timeout)
     links = room_links(reply)
     assert links, f"`!ai start` gave no Space link: {reply.body!r}"
+    assert "did not finish" not in reply.body, f"`!ai start` failed: {reply.body!r}"
     space_id = links[0]
-    return Onboarded(space_id, await join_space(user, bot, space_id, timeout), control)
+    rooms = await join_space(user, bot, space_id, timeout)
+    assert rooms, f"the Space of `!ai start` holds no working room: {reply.body!r}"
+    return Onboarded(space_id, rooms, control)
 
 
 async def join_space(

@@ -14,6 +14,7 @@ from plugin.agents.base import (
     BackendBadResponse,
     BackendRateLimited,
     BackendRefused,
+    BackendRejected,
     BackendServerError,
     Turn,
 )
@@ -163,8 +164,9 @@ async def test_rate_limit_honours_retry_after(agent_server: FakeAgentPlatform) -
 
 async def test_unexpected_answers_are_reported(agent_server: FakeAgentPlatform) -> None:
     agent_server.script(Behavior(status=401))
-    with pytest.raises(BackendBadResponse, match="HTTP 401"):
+    with pytest.raises(BackendRejected, match="HTTP 401") as refused:
         await collect(http_agent(agent_server))
+    assert refused.value.describe() == "its server refused the request (HTTP 401)"
 
     agent_server.whole = lambda text: {"answer": text}  # type: ignore[method-assign]
     with pytest.raises(BackendBadResponse) as e:
@@ -177,5 +179,6 @@ def test_secrets_stay_out_of_reprs_and_messages() -> None:
     req = request(agent)
     assert SECRET not in repr(req)
     assert SECRET not in repr(agent)
-    for error in (BackendRefused(), BackendServerError(500), BackendRateLimited()):
+    errors = (BackendRefused(), BackendServerError(500), BackendRateLimited(), BackendRejected(403))
+    for error in errors:
         assert SECRET not in error.describe()

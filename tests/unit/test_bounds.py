@@ -30,7 +30,7 @@ async def test_rooms_per_user(world: World) -> None:
 
     *made, refused = replies(world, CONTROL)
     assert len(made) == 2 and all(text.startswith("New room with Echo") for text in made)
-    assert "You have 2 working rooms, the most one user may have here" in refused
+    assert "You have 2 working rooms, and one user may have 2 here" in refused
     assert len(await world.store.rooms.of_owner(ALICE)) == 2
 
 
@@ -41,7 +41,7 @@ async def test_memory_entries_and_their_length(world: World) -> None:
         await world.command(CONTROL, f"remember fact {n}")
 
     too_long, first, second, full = replies(world, CONTROL)
-    assert "keep it under 10" in too_long
+    assert "keep it to 10 at most" in too_long
     assert first.startswith("Remembered as entry 1") and second.startswith("Remembered as entry 2")
     assert "Your shared memory is full (2 entries)" in full
     assert [m.content for m in await world.store.memory.of_user(ALICE)] == ["fact 0", "fact 1"]

@@ -3,11 +3,15 @@ timeline proves answered, and the context it rebuilds after the database was wip
 
 from __future__ import annotations
 
+from typing import Any
+
 import attrs
 import pytest
+from mautrix.errors import MatrixRequestError
 from mautrix.types import MessageEvent
 
 from plugin.db.rows import NewTurn
+from plugin.startup import catchup
 from plugin.startup.catchup import CatchUpReport
 from tests.fakes.world import ScriptedAgent, World, script_agent
 
@@ -262,7 +266,9 @@ async def test_a_message_recorded_live_does_not_hide_older_ones_sent_while_down(
         old = world.fake.message(ROOM, "answered long ago", age=HOUR)
         answer_to(world, old, "re: answered long ago", age=HOUR - 1)
         await world.store.rooms.set_cursor(ROOM, old.event_id, old.timestamp)
+    # A start: the rooms wait for the catch-up, which has not run yet.
     world.parts.queues.hold_all()
+    world.parts.intake.start()
     world.fake.message(ROOM, "first", age=30)
     await world.say(ROOM, "second", age=20)
     await world.parts.intake.delivery.drain()
@@ -271,3 +277,42 @@ async def test_a_message_recorded_live_does_not_hide_older_ones_sent_while_down(
     await catch_up(world)
 
     assert backend.texts == ["first", "second", "third"]
+
+
+async def test_a_catch_up_that_fails_holds_nothing_and_hides_nothing(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The homeserver fails the catch-up's first request at start: live messages are answered
+    all the same, and the cursor stays, so that the next start answers what came while the bot
+    was down."""
+    backend = await prepare(world, monkeypatch)
+    old = world.fake.message(ROOM, "answered long ago", age=HOUR)
+    answer_to(world, old, "re: answered long ago", age=HOUR - 1)
+    await world.store.rooms.set_cursor(ROOM, old.event_id, old.timestamp)
+    sync = catchup.fresh_initial_sync
+
+    async def failing_sync(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        raise MatrixRequestError(502, "Bad gateway")
+
+    monkeypatch.setattr(catchup, "fresh_initial_sync", failing_sync)
+    world.parts.queues.hold_all()
+    world.parts.intake.start()
+    down = world.fake.message(ROOM, "sent while down", age=60)
+    with pytest.raises(MatrixRequestError):
+        await world.parts.startup.catch_up.run()
+    live = await world.say(ROOM, "sent live")
+    await world.settle()
+
+    assert backend.texts == ["sent live"]
+    assert (await world.room(ROOM)).last_event_id == old.event_id
+
+    monkeypatch.setattr(catchup, "fresh_initial_sync", sync)
+    world.parts.queues.hold_all()
+    world.parts.intake.start()
+    await catch_up(world)
+
+    assert backend.texts == ["sent live", "sent while down"]
+    assert world.fake.final_texts(ROOM) == {
+        down.event_id: "re: sent while down",
+        live.event_id: "re: sent live",
+    }

@@ -9,6 +9,7 @@ is what the next start finds.
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -47,6 +48,28 @@ class CrashAt:
         if self.count == self.at:
             self.dead = True
             raise Crash(what)
+
+
+@pytest.fixture(autouse=True)
+async def deaths_are_expected() -> AsyncIterator[None]:
+    """Background writes (the group commit's flushes) die with the simulated process, and nobody
+    is left to read their error, as after a real SIGKILL: that is the test, not news to log."""
+    loop = asyncio.get_running_loop()
+    previous = loop.get_exception_handler()
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if isinstance(context.get("exception"), Crash):
+            return
+        if previous is not None:
+            previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)
+    yield
+    # The dead flushes are reported when they are collected: here, while the handler is set.
+    gc.collect()
+    loop.set_exception_handler(previous)
 
 
 def instrument(monkeypatch: pytest.MonkeyPatch, fake: FakeMatrix, crash: CrashAt) -> None:

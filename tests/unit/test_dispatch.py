@@ -154,6 +154,32 @@ async def test_streaming_edits_are_bounded_then_one_final_edit(
     assert world.fake.typing == [], "an answer within a second needs no typing notice"
 
 
+async def test_an_answer_done_while_its_first_message_is_sent_edits_that_message(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The homeserver takes its time with the first streamed message, and the agent finishes
+    meanwhile: the answer is still one message and its edits, not a second reply."""
+    backend = await prepare(world, monkeypatch)
+    backend.chunks = 3
+    send = world.fake.request
+
+    async def slow_first_message(method: Any, path: Any, body: dict[str, Any]) -> dict[str, Any]:
+        if body.get(STREAMING_KEY) and "m.new_content" not in body:
+            await asyncio.sleep(0.3)
+        return await send(method, path, body)
+
+    monkeypatch.setattr(world.fake, "request", slow_first_message)
+
+    evt = await world.say(ROOM, "hello there")
+    await world.settle()
+
+    first, *edits = contents(world)
+    assert first[STREAMING_KEY] is True
+    assert [edit["m.relates_to"]["rel_type"] for edit in edits] == ["m.replace"] * len(edits)
+    assert edits and STREAMING_KEY not in edits[-1]["m.new_content"]
+    assert world.fake.final_texts(ROOM) == {evt.event_id: "re: hello there"}
+
+
 async def test_a_slow_answer_shows_typing_until_it_is_done(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -130,7 +130,7 @@ async def test_a_homeserver_error_in_a_command_is_told_in_one_reply(world: World
     for evt in (clear, share):
         text = reply(world, evt) or ""
         assert text.startswith("The homeserver refused that (")
-        assert text.endswith("). Nothing was changed; try again later.")
+        assert text.endswith("), so it may be done only in part. Send it again later to finish.")
     assert len(replies(world, ROOM)) == 2
     # Matrix refused the change, so the database did not take it either.
     assert (ROOM, BINDING_TYPE) not in world.fake.account_data

@@ -79,7 +79,7 @@ async def test_a_space_without_its_record_is_dropped(world: World) -> None:
 
     reply = await onboarding.start_message(OWNER)
 
-    assert "creating your Space failed" in reply and "send `!ai start` again" in reply
+    assert "setting up your Space failed" in reply and "send `!ai start` again" in reply
     assert fake.joined() == []
     assert await world.store.users.get(OWNER) is None
     assert "Your Space is ready" in await onboarding.start_message(OWNER)
@@ -160,3 +160,22 @@ async def test_an_invite_is_marked_answered_once_its_greeting_is_sent(world: Wor
     await handler.handle_invite(other, mallory, False, False)
     assert fake.rooms[other].members[fake.mxid] == "leave"
     assert (other, ANSWERED_TYPE) not in fake.account_data
+
+
+async def test_a_binding_change_from_a_row_read_long_ago_keeps_the_changes_since(
+    world: World,
+) -> None:
+    """A compaction reads the room, waits for its agent, then starts a new chat id: a `!ai voice
+    on` sent meanwhile stays, in Matrix and in the database."""
+    await world.add_room("!room:example.org")
+    bindings = world.parts.rooms.bindings
+    read_long_ago = await world.room("!room:example.org")
+
+    await bindings.change(read_long_ago, voice=True)
+    changed = await bindings.change(read_long_ago, chat_id="chat-after-compaction")
+
+    assert changed.binding.voice and changed.binding.chat_id == "chat-after-compaction"
+    stored = await world.room("!room:example.org")
+    assert stored.binding == changed.binding
+    in_matrix = world.fake.account_data[("!room:example.org", BINDING_TYPE)]
+    assert in_matrix["voice"] is True and in_matrix["chat_id"] == "chat-after-compaction"
