@@ -11,7 +11,8 @@ from ..spaces.onboarding import Onboarding
 from ..spaces.rooms import MAX_TITLE, WorkingRooms
 from .router import CommandRouter, Invocation
 
-# A reply stays well under Matrix's 64 KiB event limit even for users with very many rooms.
+# Bounds the listing of a user with very many rooms; the outbox splits what is still too long
+# for one event.
 MAX_LISTED_ROOMS = 200
 
 

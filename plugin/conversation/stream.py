@@ -153,9 +153,10 @@ class ReplyStream:
             self._error = e
 
     async def _show_streaming(self) -> None:
-        # Parts that are complete are shown final at once; the growing one as an edit.
-        for part in self.parts[:-1]:
-            await self._show(part, final=True, continued=True)
+        # Parts that are complete are shown final at once; the growing one as an edit. The list
+        # is read again after every send: deltas that arrive meanwhile can complete more parts,
+        # and each must be in the room before the ones after it.
+        await self._show_complete_parts()
         current = self.parts[-1]
         if not current.text.strip():
             return
@@ -167,9 +168,14 @@ class ReplyStream:
             await self._show(current, final=False, continued=False)
 
     async def _show_all(self, final: bool, failed: bool = False) -> None:
-        for part in self.parts[:-1]:
-            await self._show(part, final=True, continued=True)
+        await self._show_complete_parts()
         await self._show(self.parts[-1], final=final, continued=False, failed=failed)
+
+    async def _show_complete_parts(self) -> None:
+        shown = 0
+        while shown < len(self.parts) - 1:
+            await self._show(self.parts[shown], final=True, continued=True)
+            shown += 1
 
     async def _show(self, part: Part, final: bool, continued: bool, failed: bool = False) -> None:
         if part.shown == part.text and part.shown_final == final and not failed:

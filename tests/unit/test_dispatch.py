@@ -10,7 +10,7 @@ import pytest
 
 from plugin.agents.base import BackendServerError
 from plugin.conversation import typing
-from plugin.matrix.replies import COVERS_KEY, STREAMING_KEY
+from plugin.matrix.replies import CONTINUED_KEY, COVERS_KEY, STREAMING_KEY, resolve
 from tests.fakes.world import ScriptedAgent, World, make_world, script_agent
 
 ROOM = "!room:example.org"
@@ -178,6 +178,35 @@ async def test_an_answer_done_while_its_first_message_is_sent_edits_that_message
     assert [edit["m.relates_to"]["rel_type"] for edit in edits] == ["m.replace"] * len(edits)
     assert edits and STREAMING_KEY not in edits[-1]["m.new_content"]
     assert world.fake.final_texts(ROOM) == {evt.event_id: "re: hello there"}
+
+
+async def test_a_long_answer_streamed_to_a_slow_homeserver_comes_in_order(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Deltas keep coming while each send waits for the homeserver, so several parts fill up
+    between two sends: they still reach the room once each, in order, and end final."""
+    backend = await prepare(world, monkeypatch)
+    world.configure({**CONFIG, "dispatch.edit_interval": 0.2})
+    backend.extra = "".join(f"Paragraph {n}: {'all work and no play ' * 20}\n\n" for n in range(95))
+    backend.chunks, backend.gap = 80, 0.01
+    send = world.fake.request
+
+    async def slow(method: Any, path: Any, body: dict[str, Any]) -> dict[str, Any]:
+        await asyncio.sleep(0.1)
+        return await send(method, path, body)
+
+    monkeypatch.setattr(world.fake, "request", slow)
+
+    evt = await world.say(ROOM, "tell me everything")
+    await world.settle(timeout=30)
+
+    timeline = resolve(list(reversed(world.fake.history[ROOM])), world.fake.mxid)
+    parts = timeline.replies[evt.event_id]
+    assert len(parts) > 2 and all(not part.content.get(STREAMING_KEY) for part in parts)
+    assert [bool(part.content.get(CONTINUED_KEY)) for part in parts] == [True] * (
+        len(parts) - 1
+    ) + [False]
+    assert timeline.answer_text(evt.event_id) == "re: tell me everything" + backend.extra
 
 
 async def test_a_slow_answer_shows_typing_until_it_is_done(
