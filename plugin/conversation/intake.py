@@ -92,8 +92,6 @@ class Intake:
     log: Logger
     _locks: KeyedLocks = field(init=False, factory=KeyedLocks)
     _running: bool = field(init=False, default=False)
-    # Rooms whose catch-up is done in this run: only there does a live message move the
-    # room's cursor, since before it the catch-up still has to read back to the cursor.
 
     def start(self) -> None:
         """The plugin starts: messages are answered, and the catch-up is yet to end."""

@@ -167,9 +167,9 @@ class RoomQueues:
         self._queues.clear()
 
     def _wake(self, key: Key) -> None:
-        held = self._holding and key[0] not in self._released
         if self._stopped:
             return
+        held = self._holding and key[0] not in self._released
         if key in self._queues and key not in self._workers and not held:
             self._workers[key] = asyncio.create_task(self._drain(key))
 
