@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Hashable
+from contextlib import suppress
 from logging import Logger
 
 from attrs import define, field
@@ -33,9 +34,16 @@ class ShowChain:
     def pending_turns(self, key: Hashable) -> list[Turn]:
         return list(self._inflight.get(key, ()))
 
-    def then(self, key: Hashable, show: Callable[[], Awaitable[None]], turns: list[Turn]) -> None:
+    def then(
+        self,
+        key: Hashable,
+        show: Callable[[], Awaitable[None]],
+        turns: list[Turn],
+        abandon: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         """Shows an answer after the conversation's previous one; its turns count as its context
-        until it is written down."""
+        until it is written down. `abandon` runs if a stop cancels the show: its reply stream
+        stops there, and sends nothing after the stop."""
         previous = self._last.get(key)
         self._inflight.setdefault(key, []).extend(turns)
 
@@ -44,6 +52,11 @@ class ShowChain:
                 if previous is not None:
                     await asyncio.gather(previous, return_exceptions=True)
                 await show()
+            except asyncio.CancelledError:
+                if abandon is not None:
+                    with suppress(Exception):
+                        await abandon()
+                raise
             except Exception:
                 # Nobody awaits the last show: its failure is told here, and the message stays
                 # recorded as not answered, for the next start.

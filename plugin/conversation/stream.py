@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from functools import partial
 
 from attrs import define
 
@@ -54,10 +55,10 @@ class ReplyStream:
         self.last_sent = 0.0
         self._wake = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
-        # The flusher's current show. Stopping the flusher lets it finish: cancelled mid-send,
-        # a new message would reach the room without its event id reaching the stream, and the
-        # final show would post the answer a second time instead of editing it.
-        self._showing: asyncio.Future[None] | None = None
+        # A new message being sent. Stopping the flusher lets that send finish: cut short, the
+        # message would reach the room without its event id reaching the stream, and the final
+        # show would post that part a second time instead of editing it.
+        self._sending: asyncio.Future[str] | None = None
         self._error: BaseException | None = None
 
     def part_ids(self) -> list[str]:
@@ -121,9 +122,9 @@ class ReplyStream:
             self._flusher.cancel()
             await asyncio.gather(self._flusher, return_exceptions=True)
             self._flusher = None
-        if self._showing is not None:
-            (outcome,) = await asyncio.gather(self._showing, return_exceptions=True)
-            self._showing = None
+        if self._sending is not None:
+            (outcome,) = await asyncio.gather(self._sending, return_exceptions=True)
+            self._sending = None
             if isinstance(outcome, Exception) and self._error is None:
                 self._error = outcome
         if self._error is not None:
@@ -145,8 +146,7 @@ class ReplyStream:
                 wait = self.interval - (time.monotonic() - max(self.last_sent, self.started))
                 if wait > 0:
                     await asyncio.sleep(wait)
-                self._showing = asyncio.ensure_future(self._show_streaming())
-                await asyncio.shield(self._showing)
+                await self._show_streaming()
         except asyncio.CancelledError:
             raise
         except Exception as e:
@@ -190,7 +190,10 @@ class ReplyStream:
             part.event_id = self._reuse.pop(0)
         if part.event_id is None:
             content["m.relates_to"] = self.target.relation()
-            part.event_id = await self.outbox.send(self.target.room_id, content)
+            sending = asyncio.ensure_future(self.outbox.send(self.target.room_id, content))
+            sending.add_done_callback(partial(_record_event_id, part))
+            self._sending = sending
+            await asyncio.shield(sending)
         else:
             await self.outbox.send(self.target.room_id, edit_content(part.event_id, content))
         part.shown, part.shown_final = part.text, final
@@ -198,3 +201,9 @@ class ReplyStream:
     async def _redact_unused(self) -> None:
         while self._reuse:
             await self.outbox.redact(self.target.room_id, self._reuse.pop(0), "replaced")
+
+
+def _record_event_id(part: Part, sending: asyncio.Future[str]) -> None:
+    """The part's event, once its send is done, even if the show that started it was stopped."""
+    if not sending.cancelled() and sending.exception() is None:
+        part.event_id = sending.result()

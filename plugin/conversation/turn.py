@@ -235,7 +235,8 @@ class TurnRunner:
             if isinstance(e, BackendError):
                 agent_failed(self.metrics, self.log, agent, room.room_id, e)
             notice = failure_notice(agent, e, settings)
-            self.chain.then(job.key, partial(self._show_failure, job, room, stream, notice), [])
+            show_failure = partial(self._show_failure, job, room, stream, notice)
+            self.chain.then(job.key, show_failure, [], stream.close)
             return
         except BaseException:
             # A Matrix failure, or a stop: what was shown is taken over by the next try.
@@ -250,7 +251,7 @@ class TurnRunner:
         exchange = [asked, Turn(ASSISTANT, answer.text)]
         show = partial(self._show_answer, job, room, stream, answer, tokens)
         # A regenerated answer replaces one in the middle of the context: nothing new follows.
-        self.chain.then(job.key, show, [] if job.kind == REGENERATE else exchange)
+        self.chain.then(job.key, show, [] if job.kind == REGENERATE else exchange, stream.close)
 
     async def _show_answer(
         self, job: Job, room: RoomRow, stream: ReplyStream, answer: Answer, tokens: int
