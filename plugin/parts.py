@@ -23,6 +23,7 @@ from .conversation.context import ContextManager
 from .conversation.controls import RunningAnswers
 from .conversation.delivery import Delivery
 from .conversation.intake import Intake
+from .conversation.matrix_retry import MatrixRetry
 from .conversation.media_in import MediaIn
 from .conversation.media_out import MediaOut
 from .conversation.pipeline import ShowChain
@@ -74,6 +75,31 @@ class Parts:
     startup: Startup
 
 
+@define
+class _Common:
+    """What most parts take: the client, the store, the outbox and the plugin's services."""
+
+    client: MaubotMatrixClient
+    store: Store
+    outbox: Outbox
+    encryption: Encryption
+    http: aiohttp.ClientSession
+    metrics: Metrics
+    settings: Callable[[], Settings]
+    log: Logger
+
+
+@define
+class _Conversation:
+    quota: Quota
+    refusals: Refusals
+    batch: GroupCommit
+    queues: RoomQueues
+    intake: Intake
+    undecryptable: Undecryptable
+    reactions: Reactions
+
+
 def build(
     client: MaubotMatrixClient,
     transport: Transport,
@@ -83,61 +109,27 @@ def build(
     settings: Callable[[], Settings],
     log: Logger,
 ) -> Parts:
-    server_name = client.mxid.split(":", 1)[1]
     outbox = Outbox(client, transport, metrics, log)
+    encryption = Encryption(client, log.getChild("encryption"))
+    c = _Common(client, store, outbox, encryption, http, metrics, settings, log)
     record = MatrixRecord(client)
-    links = SpaceLinks(outbox, server_name)
+    links = SpaceLinks(outbox, client.mxid.split(":", 1)[1])
     bindings = Bindings(record, store)
-    creator = RoomCreator(client)
     identity = AgentIdentity(client, outbox, store, http, log)
+    creator = RoomCreator(client)
     rooms = WorkingRooms(client, store, outbox, links, bindings, creator, identity, settings, log)
     onboarding = Onboarding(client, store, record, rooms, settings, log)
     membership = MembershipHandler(client, store, outbox, onboarding, rooms, record, settings, log)
-    encryption = Encryption(client, log.getChild("encryption"))
     context = ContextManager(store, bindings, ThreadRoots(encryption))
-    quota = Quota(store, settings)
-    refusals = Refusals(outbox, store)
-    dispatch_log = log.getChild("dispatch")
-    batch = GroupCommit(store, dispatch_log)
-    delivery = Delivery(batch, dispatch_log)
-    running = RunningAnswers()
-    turns = _turns(
-        client, store, context, quota, refusals, delivery, running, outbox, http, metrics, settings
-    )
-    queues = RoomQueues(turns, dispatch_log)
-    intake = Intake(
-        client.mxid, store, queues, quota, refusals, delivery, metrics, settings, dispatch_log
-    )
-    undecryptable = Undecryptable(
-        client, encryption, store, intake, refusals, metrics, settings, dispatch_log
-    )
-    reactions = Reactions(
-        client, encryption, store, queues, running, http, metrics, settings, dispatch_log
-    )
+    conv = _conversation(c, context)
     reconciler = Reconciler(client, store, record, links, log, membership.handle_invite)
-    catch_up = CatchUp(
-        client,
-        store,
-        outbox,
-        intake,
-        queues,
-        quota,
-        encryption,
-        undecryptable,
-        batch,
-        settings,
-        log,
-    )
-    startup = Startup(reconciler, catch_up, metrics, log)
+    startup = Startup(reconciler, _catch_up(c, conv), metrics, log)
     router = CommandRouter(store, outbox, settings, log)
-    sharing = _sharing(
-        client, encryption, store, bindings, context, onboarding, outbox, settings, log
-    )
     for group in (
         RoomCommands(onboarding, rooms),
-        ContextCommands(context, intake),
+        ContextCommands(context, conv.intake),
         MemoryCommands(store),
-        sharing,
+        _sharing(c, bindings, context, onboarding),
         UsageCommands(store),
         VoiceCommands(bindings),
         AdminCommands(startup.reports, startup.reconcile),
@@ -150,53 +142,55 @@ def build(
         onboarding,
         membership,
         context,
-        queues,
-        intake,
-        undecryptable,
-        reactions,
-        refusals,
+        conv.queues,
+        conv.intake,
+        conv.undecryptable,
+        conv.reactions,
+        conv.refusals,
         router,
         startup,
     )
 
 
-def _sharing(
-    client: MaubotMatrixClient,
-    encryption: Encryption,
-    store: Store,
-    bindings: Bindings,
-    context: ContextManager,
-    onboarding: Onboarding,
-    outbox: Outbox,
-    settings: Callable[[], Settings],
-    log: Logger,
-) -> SharingCommands:
-    forks = Forks(client, encryption, store, context, onboarding, outbox, settings, log)
-    return SharingCommands(Collaborators(client, bindings, settings, log), forks)
+def _conversation(c: _Common, context: ContextManager) -> _Conversation:
+    """The message path: intake, the per-room queues and the turn."""
+    log = c.log.getChild("dispatch")
+    quota = Quota(c.store, c.settings)
+    refusals = Refusals(c.outbox, c.store)
+    batch = GroupCommit(c.store, log)
+    delivery = Delivery(batch, log)
+    running = RunningAnswers()
+    turns = _turns(c, log, context, quota, refusals, delivery, running)
+    queues = RoomQueues(turns, log)
+    intake = Intake(
+        c.client.mxid, c.store, queues, quota, refusals, delivery, c.metrics, c.settings, log
+    )
+    undecryptable = Undecryptable(
+        c.client, c.encryption, c.store, intake, refusals, c.metrics, c.settings, log
+    )
+    reactions = Reactions(
+        c.client, c.encryption, c.store, queues, running, c.http, c.metrics, c.settings, log
+    )
+    return _Conversation(quota, refusals, batch, queues, intake, undecryptable, reactions)
 
 
 def _turns(
-    client: MaubotMatrixClient,
-    store: Store,
+    c: _Common,
+    log: Logger,
     context: ContextManager,
     quota: Quota,
     refusals: Refusals,
     delivery: Delivery,
     running: RunningAnswers,
-    outbox: Outbox,
-    http: aiohttp.ClientSession,
-    metrics: Metrics,
-    settings: Callable[[], Settings],
 ) -> TurnRunner:
     """The turn and what it calls: the agent, compaction, and the media on both sides."""
-    log = delivery.log
-    caller = AgentCaller(http, TypingNotices(client, log), metrics, settings)
-    compaction = Compaction(store, context, caller, outbox, metrics, log)
-    speech = Speech(http)
-    media_in = MediaIn(Downloads(client, log), speech, outbox, settings, log)
-    media_out = MediaOut(media_in, caller, speech, outbox, metrics, log)
+    caller = AgentCaller(c.http, TypingNotices(c.client, log), c.metrics, c.settings)
+    compaction = Compaction(c.store, context, caller, c.outbox, c.metrics, log)
+    speech = Speech(c.http)
+    media_in = MediaIn(Downloads(c.client, log), speech, c.outbox, c.settings, log)
+    media_out = MediaOut(media_in, caller, speech, c.outbox, c.metrics, log)
     return TurnRunner(
-        store,
+        c.store,
         context,
         quota,
         refusals,
@@ -206,8 +200,32 @@ def _turns(
         running,
         media_in,
         media_out,
-        outbox,
-        metrics,
-        settings,
+        c.outbox,
+        MatrixRetry(c.outbox, log),
+        c.metrics,
+        c.settings,
         log,
     )
+
+
+def _catch_up(c: _Common, conv: _Conversation) -> CatchUp:
+    return CatchUp(
+        c.client,
+        c.store,
+        c.outbox,
+        conv.intake,
+        conv.queues,
+        conv.quota,
+        c.encryption,
+        conv.undecryptable,
+        conv.batch,
+        c.settings,
+        c.log,
+    )
+
+
+def _sharing(
+    c: _Common, bindings: Bindings, context: ContextManager, onboarding: Onboarding
+) -> SharingCommands:
+    forks = Forks(c.client, c.encryption, c.store, context, onboarding, c.outbox, c.settings, c.log)
+    return SharingCommands(Collaborators(c.client, bindings, c.settings, c.log), forks)

@@ -122,22 +122,7 @@ class ContextManager:
             before = next((t.id for t in turns if t.event_id == event_id and t.id != SEED), None)
         earlier = turns if before is None else [t for t in turns if t.id < before]
         # Answers still being shown and written down belong to the context already.
-        pending = pending or []
-        earlier += [
-            TurnRow(
-                UNSTORED - len(pending) + n,
-                room.room_id,
-                None,
-                t.role,
-                t.content,
-                True,
-                0,
-                refs.to_json(t.attachments),
-            )
-            for n, t in enumerate(pending)
-        ]
-        for row, turn in zip(earlier[len(earlier) - len(pending) :], pending, strict=True):
-            row.sender = turn.sender
+        earlier += _unstored(room.room_id, pending or [])
         # The current message's turn is written with its answer, after the agent's reply.
         current = TurnRow(before or UNSTORED, room.room_id, event_id, USER, text, False, 0)
         memory = await self.memory_for(room, sender)
@@ -208,3 +193,23 @@ class ContextManager:
 
     async def set_share(self, room: RoomRow, share: bool) -> None:
         await self.bindings.change(room, share_memory=share)
+
+
+def _unstored(room_id: str, pending: list[Turn]) -> list[TurnRow]:
+    """Rows for turns not written down yet, numbered below the stored ones' ids."""
+    rows = []
+    for n, turn in enumerate(pending):
+        attachments = refs.to_json(turn.attachments)
+        row = TurnRow(
+            UNSTORED - len(pending) + n,
+            room_id,
+            None,
+            turn.role,
+            turn.content,
+            True,
+            0,
+            attachments,
+        )
+        row.sender = turn.sender
+        rows.append(row)
+    return rows

@@ -180,3 +180,15 @@ async def answered_turns(
     later = await store.turns.of_room(room_id, turn.thread_root)
     answer = next((t for t in later if t.id > turn.id and t.role == ASSISTANT), None)
     return (turn, answer) if answer is not None else None
+
+
+async def reopened(store: Store, room_id: str, turn_id: int | None, thread: str) -> TurnRow | None:
+    """The user turn that `!ai retry` answers again, made unanswered: an answer it had leaves
+    the context, with every turn after it. None if a clear or a trim removed it meanwhile."""
+    turns = await store.turns.of_room(room_id, thread)
+    turn = next((t for t in turns if t.id == turn_id), None)
+    if turn is not None and turn.answered:
+        async with store.transaction() as tx:
+            await tx.turns.delete_after(room_id, turn.id, thread)
+            await tx.turns.set_answered(turn.id, False)
+    return turn

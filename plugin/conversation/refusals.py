@@ -83,6 +83,17 @@ class Refusals:
             ),
         )
 
+    async def over_minute(self, target: ReplyTarget, limit: int) -> None:
+        """The sender passed `limits.messages_per_minute`: the message is not answered."""
+        await self.refuse(
+            target,
+            "minute",
+            lambda n: (
+                f"You sent more than {limit} messages in a minute, so {these(n)} "
+                "did not go to the agent. Wait a moment and send it again."
+            ),
+        )
+
     async def revoked(self, target: ReplyTarget, owner: str) -> None:
         """The owner may not use the bot any more: told once, until access returns."""
         user = await self.store.users.get(owner)

@@ -8,8 +8,7 @@ that the next start completes (see `startup.catchup`).
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from contextlib import suppress
 from functools import partial
 from logging import Logger
@@ -29,18 +28,15 @@ from ..ops.settings import AgentSettings, Settings
 from .compaction import Compaction, agent_failed
 from .context import ASSISTANT, USER, ContextManager, estimate_tokens
 from .controls import STOPPED_NOTE, CallControl, RunningAnswers
-from .delivery import Delivery
+from .delivery import Delivery, reopened
+from .matrix_retry import MatrixRetry
 from .media_in import MediaIn, MediaProblem
 from .media_out import Answer, MediaOut
 from .pipeline import ShowChain
 from .queues import COMPACT, MESSAGE, NOTE, REGENERATE, RETRY, Job
 from .quota import Quota
-from .refusals import Refusals, these
+from .refusals import Refusals
 from .stream import ReplyStream
-
-# When Matrix fails while a message is answered, it is tried again after these waits; after
-# that it stays unanswered in the delivery state, and the next start answers it.
-MATRIX_RETRY_WAITS = (2.0, 10.0)
 
 
 def used_tokens(control: CallControl, request_tokens: int, text: str) -> int:
@@ -73,29 +69,13 @@ class TurnRunner:
     media_in: MediaIn
     media_out: MediaOut
     outbox: Outbox
+    matrix_retry: MatrixRetry
     metrics: Metrics
     settings: Callable[[], Settings]
     log: Logger
 
     async def run(self, job: Job) -> None:
-        await self._matrix_retried(job, partial(self._run_once, job))
-
-    async def _gave_up(self, job: Job, error: MatrixError) -> None:
-        if job.kind == MESSAGE:
-            self.log.error(
-                f"Matrix kept failing while answering {job.event.event_id} in {job.room_id} "
-                f"({error}); it stays unanswered, and the next start answers it"
-            )
-            return
-        self.log.error(f"Matrix kept failing on {job.kind} in {job.room_id}: {error}")
-        try:
-            await self.outbox.reply(
-                ReplyTarget.of(job.event),
-                f"⚠️ The homeserver failed, so this did not finish ({error}). Send the command "
-                "again later.",
-            )
-        except MatrixError as e:
-            self.log.warning(f"Could not tell {job.room_id} either: {e}")
+        await self.matrix_retry.run(job, partial(self._run_once, job))
 
     async def failed(self, job: Job, error: Exception) -> None:
         self.metrics.error("dispatch", f"{job.kind} in {job.room_id}: {type(error).__name__}")
@@ -154,15 +134,7 @@ class TurnRunner:
         if not allowed:
             await self.refusals.revoked(target, room.owner)
         elif job.over_quota:
-            limit = settings.messages_per_minute
-            await self.refusals.refuse(
-                target,
-                "minute",
-                lambda n: (
-                    f"You sent more than {limit} messages in a minute, so {these(n)} "
-                    "did not go to the agent. Wait a moment and send it again."
-                ),
-            )
+            await self.refusals.over_minute(target, settings.messages_per_minute)
         else:
             self.delivery.answering(job.event.event_id)
             await self._answer(job, room, target, settings)
@@ -170,19 +142,12 @@ class TurnRunner:
         await self.delivery.settled(job)
 
     async def _answer_retry(self, job: Job, room: RoomRow, settings: Settings) -> None:
-        turns = await self.store.turns.of_room(room.room_id, job.thread)
-        turn = next((t for t in turns if t.id == job.turn_id), None)
+        turn = await reopened(self.store, room.room_id, job.turn_id, job.thread)
         if turn is None:
-            # A clear or a trim removed it while the retry waited.
             await self.outbox.reply(
                 ReplyTarget.of(job.event), "That message is no longer in the context."
             )
             return
-        if turn.answered:
-            # Answering the last message again replaces its answer in the context.
-            async with self.store.transaction() as tx:
-                await tx.turns.delete_after(room.room_id, turn.id, job.thread)
-                await tx.turns.set_answered(turn.id, False)
         job.text = turn.content
         job.attachments = list(refs.from_json(turn.attachments))
         target = ReplyTarget.of(job.event, turn.event_id or job.event.event_id)
@@ -212,25 +177,7 @@ class TurnRunner:
         )
         stream.start()
         try:
-            # The message's files become text or go along (`media_in`, `media_out`).
-            await self.media_in.prepare(job, agent, settings, target, self.chain.last(job.key))
-            request = await self.context.request_for(
-                room,
-                agent,
-                job.sender,
-                job.text,
-                job.event.event_id if event_id is None else event_id,
-                before=job.turn_id,
-                pending=self.chain.pending_turns(job.key),
-                thread=job.thread,
-            )
-            with self.running.running(target.event_id, stream) as control:
-                answer = await self.media_out.answer(
-                    job, agent, request, room, settings, stream, control
-                )
-            if control.stopped:
-                answer.text += STOPPED_NOTE
-                stream.add(STOPPED_NOTE)
+            answer, control = await self._call(job, room, agent, settings, stream, event_id)
         except (BackendError, MediaProblem) as e:
             if isinstance(e, BackendError):
                 agent_failed(self.metrics, self.log, agent, room.room_id, e)
@@ -253,13 +200,45 @@ class TurnRunner:
         # A regenerated answer replaces one in the middle of the context: nothing new follows.
         self.chain.then(job.key, show, [] if job.kind == REGENERATE else exchange, stream.close)
 
+    async def _call(
+        self,
+        job: Job,
+        room: RoomRow,
+        agent: AgentSettings,
+        settings: Settings,
+        stream: ReplyStream,
+        event_id: str | None,
+    ) -> tuple[Answer, CallControl]:
+        """The agent's answer, streamed as it comes; a stop (by reaction) ends it with a note."""
+        target = stream.target
+        # The message's files become text or go along (`media_in`, `media_out`).
+        await self.media_in.prepare(job, agent, settings, target, self.chain.last(job.key))
+        request = await self.context.request_for(
+            room,
+            agent,
+            job.sender,
+            job.text,
+            job.event.event_id if event_id is None else event_id,
+            before=job.turn_id,
+            pending=self.chain.pending_turns(job.key),
+            thread=job.thread,
+        )
+        with self.running.running(target.event_id, stream) as control:
+            answer = await self.media_out.answer(
+                job, agent, request, room, settings, stream, control
+            )
+        if control.stopped:
+            answer.text += STOPPED_NOTE
+            stream.add(STOPPED_NOTE)
+        return answer, control
+
     async def _show_answer(
         self, job: Job, room: RoomRow, stream: ReplyStream, answer: Answer, tokens: int
     ) -> None:
         """The answer's files and last edit, then the answer written down, after the room's
         previous answer; Matrix failures are waited out, and past that, the next start answers
         it."""
-        if await self._matrix_retried(job, partial(self.media_out.show, job, stream, answer)):
+        if await self.matrix_retry.run(job, partial(self.media_out.show, job, stream, answer)):
             await self.delivery.answered(
                 job, room, answer.text, answer.newest, tokens, answer.file_refs()
             )
@@ -267,18 +246,5 @@ class TurnRunner:
     async def _show_failure(
         self, job: Job, room: RoomRow, stream: ReplyStream, notice: str
     ) -> None:
-        if await self._matrix_retried(job, partial(stream.fail, notice)):
+        if await self.matrix_retry.run(job, partial(stream.fail, notice)):
             await self.delivery.kept(job, room)
-
-    async def _matrix_retried(self, job: Job, show: Callable[[], Awaitable[None]]) -> bool:
-        for wait in (*MATRIX_RETRY_WAITS, None):
-            try:
-                await show()
-                return True
-            except MatrixError as e:
-                if wait is None:
-                    await self._gave_up(job, e)
-                    return False
-                self.log.warning(f"Matrix failed in {job.room_id} ({e}); trying again in {wait} s")
-                await asyncio.sleep(wait)
-        return False

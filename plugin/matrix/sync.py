@@ -28,3 +28,24 @@ async def fresh_initial_sync(
             "timeout": str(time.time_ns() // 1_000_000 % 2**31),
         },
     )
+
+
+async def latest_messages(client: MaubotMatrixClient, types: list[str]) -> dict[str, str]:
+    """The id of the newest event of these types in every joined room, in one request."""
+    sync_filter = {
+        "room": {
+            "timeline": {"limit": 1, "types": types},
+            "state": {"types": []},
+            "account_data": {"types": []},
+            "ephemeral": {"types": []},
+        },
+        "presence": {"types": []},
+        "account_data": {"types": []},
+    }
+    data = await fresh_initial_sync(client, sync_filter, full_state=False)
+    latest = {}
+    for room_id, room in ((data.get("rooms") or {}).get("join") or {}).items():
+        events = (room.get("timeline") or {}).get("events") or []
+        if events:
+            latest[room_id] = events[-1].get("event_id")
+    return latest

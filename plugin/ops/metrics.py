@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter, deque
+from collections.abc import Mapping
 from typing import Any
 
 from attrs import define, field
@@ -88,69 +89,70 @@ class Metrics:
         return lines
 
     def render(self, queue_depth: int) -> str:
-        lines: list[str] = []
-
-        def metric(name: str, kind: str, help: str, samples: list[tuple[str, float]]) -> None:
-            lines.append(f"# HELP agentspaces_{name} {help}")
-            lines.append(f"# TYPE agentspaces_{name} {kind}")
-            for labels, value in samples:
-                lines.append(f"agentspaces_{name}{labels} {value:g}")
-
-        metric(
-            "messages_in_total",
-            "counter",
-            "User messages sent to agents.",
-            [("", self.messages_in)],
-        )
-        metric("messages_out_total", "counter", "Messages the bot sent.", [("", self.messages_out)])
-        metric(
-            "undecryptable_total",
-            "counter",
-            "Encrypted messages the bot could not decrypt, after waiting for their keys.",
-            [("", self.undecryptable_messages)],
-        )
-        metric(
-            "replies_total",
-            "counter",
-            "Agent replies by agent.",
-            [(f'{{agent="{_escape(a)}"}}', n) for a, n in sorted(self.replies_by_agent.items())],
-        )
-        metric(
-            "tokens_total",
-            "counter",
-            "Tokens of the agents' answers by agent (reported by the server, else estimated).",
-            [(f'{{agent="{_escape(a)}"}}', n) for a, n in sorted(self.tokens_by_agent.items())],
-        )
-        metric(
-            "feedback_total",
-            "counter",
-            "Reactions of feedback on answers by agent and rating (up or down).",
-            [
-                (f'{{agent="{_escape(a)}",rating="{_escape(r)}"}}', n)
-                for (a, r), n in sorted(self.feedback_by_agent.items())
-            ],
-        )
-        metric(
-            "errors_total",
-            "counter",
-            "Errors by kind.",
-            [(f'{{kind="{_escape(k)}"}}', n) for k, n in sorted(self.errors_by_kind.items())],
-        )
-        lines += self._latency()
-        metric("queue_depth", "gauge", "Messages waiting for an agent.", [("", queue_depth)])
-        metric(
-            "reconcile_duration_seconds",
-            "gauge",
-            "Duration of the last reconciliation.",
-            [("", self.reconcile_duration)],
-        )
-        metric(
-            "reconcile_items",
-            "gauge",
-            "Counts of the last reconciliation.",
-            [(f'{{item="{_escape(k)}"}}', v) for k, v in sorted(self.reconcile_counts.items())],
-        )
+        lines = [*self._counters(), *self._latency(), *self._gauges(queue_depth)]
         return "\n".join(lines) + "\n"
+
+    def _counters(self) -> list[str]:
+        return [
+            *_family("messages_in_total", "User messages sent to agents.", self.messages_in),
+            *_family("messages_out_total", "Messages the bot sent.", self.messages_out),
+            *_family(
+                "undecryptable_total",
+                "Encrypted messages the bot could not decrypt, after waiting for their keys.",
+                self.undecryptable_messages,
+            ),
+            *_family(
+                "replies_total", "Agent replies by agent.", _by("agent", self.replies_by_agent)
+            ),
+            *_family(
+                "tokens_total",
+                "Tokens of the agents' answers by agent (reported by the server, else estimated).",
+                _by("agent", self.tokens_by_agent),
+            ),
+            *_family(
+                "feedback_total",
+                "Reactions of feedback on answers by agent and rating (up or down).",
+                [
+                    (f'{{agent="{_escape(a)}",rating="{_escape(r)}"}}', n)
+                    for (a, r), n in sorted(self.feedback_by_agent.items())
+                ],
+            ),
+            *_family("errors_total", "Errors by kind.", _by("kind", self.errors_by_kind)),
+        ]
+
+    def _gauges(self, queue_depth: int) -> list[str]:
+        return [
+            *_family("queue_depth", "Messages waiting for an agent.", queue_depth, "gauge"),
+            *_family(
+                "reconcile_duration_seconds",
+                "Duration of the last reconciliation.",
+                self.reconcile_duration,
+                "gauge",
+            ),
+            *_family(
+                "reconcile_items",
+                "Counts of the last reconciliation.",
+                _by("item", self.reconcile_counts),
+                "gauge",
+            ),
+        ]
+
+
+Samples = list[tuple[str, float]]
+
+
+def _family(name: str, help: str, samples: Samples | float, kind: str = "counter") -> list[str]:
+    """One metric's lines; a single number is its one unlabelled sample."""
+    if not isinstance(samples, list):
+        samples = [("", samples)]
+    name = f"agentspaces_{name}"
+    lines = [f"# HELP {name} {help}", f"# TYPE {name} {kind}"]
+    lines += [f"{name}{labels} {value:g}" for labels, value in samples]
+    return lines
+
+
+def _by(label: str, counts: Mapping[str, float]) -> Samples:
+    return [(f'{{{label}="{_escape(k)}"}}', v) for k, v in sorted(counts.items())]
 
 
 def _escape(value: str) -> str:

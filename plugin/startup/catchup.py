@@ -20,10 +20,9 @@ from collections.abc import Callable
 
 from attrs import define
 from maubot.matrix import MaubotMatrixClient
-from mautrix.types import EncryptedEvent, MessageEvent
+from mautrix.types import EncryptedEvent
 from mautrix.util.logging import TraceLogger
 
-from ..conversation.delivery import answered_turns
 from ..conversation.intake import Intake, job_of
 from ..conversation.queues import RoomQueues
 from ..conversation.quota import Quota
@@ -31,22 +30,16 @@ from ..conversation.threads import thread_of
 from ..conversation.undecryptable import Undecryptable, record
 from ..db import Store
 from ..db.batch import GroupCommit
-from ..db.rows import ANSWERED, AWAITING_KEY, RECEIVED, MessageRow, NewTurn, RoomRow, now_ms
+from ..db.rows import ANSWERED, AWAITING_KEY, RECEIVED, MessageRow, RoomRow, now_ms
 from ..matrix.encryption import Encryption
 from ..matrix.outbox import Outbox
 from ..matrix.replies import Timeline, resolve
-from ..matrix.sync import fresh_initial_sync
+from ..matrix.sync import latest_messages
 from ..matrix.timeline import walk_back
 from ..ops.settings import Settings
 from .backlog import Backlog, Candidate, candidates, plan_backlog, skipped_notice
-from .rebuild import (
-    answer_turn,
-    conversation_turns,
-    fork_prefix,
-    room_messages,
-    user_turn,
-    within,
-)
+from .closing import close
+from .rebuild import conversation_turns, room_messages, write_rebuilt
 
 # How far back one room's walk may go, in events.
 MAX_WALK = 1000
@@ -54,16 +47,6 @@ CONCURRENCY = 4
 # Answered messages are forgotten after this long, or twice the catch-up's reach if longer.
 KEEP_ANSWERED_MS = 7 * 24 * 3600 * 1000
 _MESSAGE_TYPES = ["m.room.message", "m.room.encrypted", "m.sticker"]
-_LATEST_FILTER = {
-    "room": {
-        "timeline": {"limit": 1, "types": _MESSAGE_TYPES},
-        "state": {"types": []},
-        "account_data": {"types": []},
-        "ephemeral": {"types": []},
-    },
-    "presence": {"types": []},
-    "account_data": {"types": []},
-}
 
 
 @define
@@ -129,7 +112,7 @@ class CatchUp:
         pending: dict[str, list[MessageRow]] = {}
         for row in await self.store.messages.unanswered():
             pending.setdefault(row.room_id, []).append(row)
-        latest = await self._latest_events()
+        latest = await latest_messages(self.client, _MESSAGE_TYPES)
         with_history = await self.store.turns.rooms_with_turns()
         semaphore = asyncio.Semaphore(CONCURRENCY)
 
@@ -157,16 +140,6 @@ class CatchUp:
         await self._settle_orphans(pending, {room.room_id for room in rooms})
         keep = max(KEEP_ANSWERED_MS, int(2 * self.settings().catch_up_max_age * 1000))
         await self.store.messages.prune(now_ms() - keep)
-
-    async def _latest_events(self) -> dict[str, str]:
-        """The id of the newest message of every joined room, in one request."""
-        data = await fresh_initial_sync(self.client, _LATEST_FILTER, full_state=False)
-        latest = {}
-        for room_id, room in ((data.get("rooms") or {}).get("join") or {}).items():
-            events = (room.get("timeline") or {}).get("events") or []
-            if events:
-                latest[room_id] = events[-1].get("event_id")
-        return latest
 
     async def _settle_orphans(self, pending: dict[str, list[MessageRow]], active: set[str]) -> None:
         """Messages of rooms that are not managed any more can never be answered there."""
@@ -204,7 +177,7 @@ class CatchUp:
         await self._apply(room, backlog, timeline, rebuild, report, found)
         if rebuild:
             turns = conversation_turns(room, events, timeline, messages, notes, settings)
-            await self._rebuild(room, turns, settings)
+            await write_rebuilt(self.client, self.encryption, self.store, room, turns, settings)
             report.rebuilt += 1
             report.unreadable += len(timeline.unreadable)
         if walked:
@@ -228,7 +201,7 @@ class CatchUp:
         found: list[Candidate],
     ) -> None:
         for evt in backlog.close:
-            await self._close(room, evt, timeline, rebuild)
+            await close(self.batch, room, evt, timeline, rebuild, self.settings())
             report.closed += 1
         skipped = [evt for events in backlog.skipped.values() for evt in events]
         to_record = [evt for evt in backlog.record if evt not in backlog.close]
@@ -268,55 +241,3 @@ class CatchUp:
         jobs += self.queues.take(room.room_id, set(order))
         jobs.sort(key=lambda job: order[job.event.event_id])
         self.queues.enqueue_first(room.room_id, jobs)
-
-    async def _close(
-        self, room: RoomRow, evt: Candidate, timeline: Timeline, rebuild: bool
-    ) -> None:
-        """Matrix has the final answer and the DB missed it: the DB catches up, the exchange
-        into the context too (a rebuilt context takes it from the timeline instead)."""
-        event_id = evt.event_id
-        answer = answer_turn(timeline, event_id)
-        asked = user_turn(evt) if isinstance(evt, MessageEvent) else None
-        thread = thread_of(evt, self.settings()) if isinstance(evt, MessageEvent) else ""
-
-        async def write(tx: Store) -> None:
-            await record(tx, evt, ANSWERED)
-            await tx.messages.set_state(event_id, ANSWERED)
-            if rebuild or asked is None:
-                return
-            known = await answered_turns(tx, room.room_id, event_id)
-            if known is not None:
-                # A regeneration that ended in Matrix: its answer's turn takes the new text.
-                if answer is not None:
-                    await tx.turns.set_content(known[1].id, answer.content, answer.files)
-                return
-            await tx.turns.add_user_turn(
-                room.room_id,
-                event_id,
-                asked.content,
-                answer is not None,
-                thread,
-                asked.sender,
-                asked.files,
-            )
-            if answer is not None:
-                await tx.turns.add_answered(room.room_id, [answer], thread)
-
-        await self.batch.write(write)
-
-    async def _rebuild(
-        self, room: RoomRow, turns: dict[str, list[NewTurn]], settings: Settings
-    ) -> None:
-        """Rebuilds a wiped history from the timeline, newest turns first, up to the budget:
-        each conversation's answered messages and their answers (a fork's, after the turns of
-        the room it came from)."""
-        agent = settings.agents.get(room.agent_id)
-        budget = (agent.max_context_tokens if agent else 8000) * 4
-        if room.fork_room:
-            origin = await self.store.rooms.get(room.fork_room)
-            prefix = await fork_prefix(self.client, self.encryption, room, origin, settings)
-            turns[""] = [*prefix, *turns.get("", [])]
-        for thread, conversation in turns.items():
-            kept = within(conversation, budget)
-            if kept:
-                await self.store.turns.add_answered(room.room_id, kept, thread)

@@ -15,6 +15,7 @@ from mautrix.types import MessageEvent
 from ..conversation.context import ASSISTANT, USER
 from ..conversation.group import calls_agent
 from ..conversation.threads import thread_of, thread_root
+from ..db import Store
 from ..db.rows import ACTIVE, NewTurn, RoomRow
 from ..matrix.encryption import Encryption
 from ..matrix.replies import Timeline, message_text, reply_target, resolve
@@ -136,3 +137,26 @@ async def fork_prefix(
     messages, notes = room_messages(upto, origin, settings, client.mxid)
     timeline = resolve(events, client.mxid)
     return conversation_turns(origin, events, timeline, messages, notes, settings).get(thread, [])
+
+
+async def write_rebuilt(
+    client: MaubotMatrixClient,
+    encryption: Encryption,
+    store: Store,
+    room: RoomRow,
+    turns: dict[str, list[NewTurn]],
+    settings: Settings,
+) -> None:
+    """Writes a wiped history rebuilt from the timeline, newest turns first, up to the budget:
+    each conversation's answered messages and their answers (a fork's, after the turns of the
+    room it came from)."""
+    agent = settings.agents.get(room.agent_id)
+    budget = (agent.max_context_tokens if agent else 8000) * 4
+    if room.fork_room:
+        origin = await store.rooms.get(room.fork_room)
+        prefix = await fork_prefix(client, encryption, room, origin, settings)
+        turns[""] = [*prefix, *turns.get("", [])]
+    for thread, conversation in turns.items():
+        kept = within(conversation, budget)
+        if kept:
+            await store.turns.add_answered(room.room_id, kept, thread)

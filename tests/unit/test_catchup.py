@@ -289,12 +289,12 @@ async def test_a_catch_up_that_fails_holds_nothing_and_hides_nothing(
     old = world.fake.message(ROOM, "answered long ago", age=HOUR)
     answer_to(world, old, "re: answered long ago", age=HOUR - 1)
     await world.store.rooms.set_cursor(ROOM, old.event_id, old.timestamp)
-    sync = catchup.fresh_initial_sync
+    sync = catchup.latest_messages
 
-    async def failing_sync(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    async def failing_sync(*args: Any, **kwargs: Any) -> dict[str, str]:
         raise MatrixRequestError(502, "Bad gateway")
 
-    monkeypatch.setattr(catchup, "fresh_initial_sync", failing_sync)
+    monkeypatch.setattr(catchup, "latest_messages", failing_sync)
     world.parts.queues.hold_all()
     world.parts.intake.start()
     down = world.fake.message(ROOM, "sent while down", age=60)
@@ -306,7 +306,7 @@ async def test_a_catch_up_that_fails_holds_nothing_and_hides_nothing(
     assert backend.texts == ["sent live"]
     assert (await world.room(ROOM)).last_event_id == old.event_id
 
-    monkeypatch.setattr(catchup, "fresh_initial_sync", sync)
+    monkeypatch.setattr(catchup, "latest_messages", sync)
     world.parts.queues.hold_all()
     world.parts.intake.start()
     await catch_up(world)

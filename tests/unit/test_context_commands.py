@@ -6,7 +6,7 @@ import pytest
 from mautrix.types import MessageEvent
 
 from plugin.agents.base import BackendServerError
-from plugin.conversation import turn
+from plugin.conversation import matrix_retry
 from plugin.conversation.context import SUMMARY_PREFIX
 from plugin.matrix.binding import BINDING_TYPE
 from tests.fakes.matrix import ALICE
@@ -153,7 +153,7 @@ async def test_a_compaction_that_fails_leaves_the_context_as_it_was(
     _, agent_failed = await run(world, "context compact")
     backend.fail = lambda n: None
     # The homeserver keeps refusing the binding: each try of the compaction fails in Matrix.
-    monkeypatch.setattr(turn, "MATRIX_RETRY_WAITS", (0.0, 0.0))
+    monkeypatch.setattr(matrix_retry, "MATRIX_RETRY_WAITS", (0.0, 0.0))
     world.fake.fail[f"account_data:{BINDING_TYPE}"] = 3
     _, matrix_failed = await run(world, "context compact")
 
