@@ -197,19 +197,18 @@ class ContextManager:
 
 def _unstored(room_id: str, pending: list[Turn]) -> list[TurnRow]:
     """Rows for turns not written down yet, numbered below the stored ones' ids."""
-    rows = []
-    for n, turn in enumerate(pending):
-        attachments = refs.to_json(turn.attachments)
-        row = TurnRow(
-            UNSTORED - len(pending) + n,
+    first = UNSTORED - len(pending)
+    return [
+        TurnRow(
+            first + n,
             room_id,
             None,
             turn.role,
             turn.content,
             True,
             0,
-            attachments,
+            sender=turn.sender,
+            attachments=refs.to_json(turn.attachments),
         )
-        row.sender = turn.sender
-        rows.append(row)
-    return rows
+        for n, turn in enumerate(pending)
+    ]

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import attrs
 
+from plugin.agents.base import Turn
+from plugin.agents.files import Attachment
 from plugin.conversation.context import (
+    ASSISTANT,
     MEMORY_HEADING,
     SUMMARY_PREFIX,
+    USER,
     chat_id_of,
     estimate_tokens,
     system_prompt,
@@ -123,3 +127,23 @@ async def test_a_room_without_chat_id_gets_a_deterministic_one_without_a_write(
     stored = await world.room("!old:example.org")
     assert stored.chat_id is None
     assert ("!old:example.org", BINDING_TYPE) not in world.fake.account_data
+
+
+async def test_an_answer_still_on_its_way_is_in_the_context_with_its_files(world: World) -> None:
+    """The exchange before this message is answered but not written down yet: the agent gets it
+    all the same, with who said it and the references of its files."""
+    room = await world.add_room(ROOM)
+    image = Attachment("image", "image/png", "cat.png", 3, "mxc://example.org/cat")
+    pending = [
+        Turn(USER, "look at this", "@alice:example.org", (image,)),
+        Turn(ASSISTANT, "a cat"),
+    ]
+    request = await world.parts.context.request_for(
+        room, agent(), room.owner, "and now?", "$now", pending=pending
+    )
+
+    assert request.history == (
+        Turn(USER, "look at this", "@alice:example.org", (image,)),
+        Turn(ASSISTANT, "a cat"),
+    )
+    assert await world.store.turns.of_room(ROOM) == [], "nothing is written by the request"
