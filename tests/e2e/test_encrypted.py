@@ -270,8 +270,9 @@ async def test_threads_and_regenerate_read_the_encrypted_timeline(
     assert not carol.undecrypted and not carol.crypto_errors
 
 
-async def test_a_sigkill_mid_reply_answers_everything_once_in_order(
-    crypto_bot: Deployment, make_crypto_user, openai_server: FakeOpenAI
+@pytest.mark.parametrize("fault", ["sigkill", "stop"])
+async def test_a_sigkill_or_stop_mid_reply_answers_everything_once_in_order(
+    crypto_bot: Deployment, make_crypto_user, openai_server: FakeOpenAI, fault: str
 ) -> None:
     erin = await make_crypto_user("erin")
     agent = openai_server.agent()
@@ -287,7 +288,7 @@ async def test_a_sigkill_mid_reply_answers_everything_once_in_order(
         return bool(replies) and not replies[0].final
 
     await erin.wait_for(streaming, 30, "the first answer to be streaming")
-    await crypto_bot.kill()
+    await (crypto_bot.kill() if fault == "sigkill" else crypto_bot.stop())
     await crypto_bot.start()
 
     await assert_answered_once_in_order(
